@@ -1,0 +1,39 @@
+"""A tool call on its way through the gateway, and the errors that end one early."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.identity import Identity
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class UnknownTool(Exception):
+    """Answer as if the tool did not exist (it doesn't, or policy hides it)."""
+
+
+@dataclass
+class ToolCall:
+    """Everything the pipeline needs to know about one `tools/call`."""
+
+    identity: Identity
+    session_id: str
+    client_name: str | None
+    upstream: str
+    tool: str  # the upstream's own name
+    public_name: str  # the name the client used
+    arguments: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+    progress: ProgressFn | None = None  # None when the client asked for no progress
+    tool_info: dict[str, Any] | None = None  # the upstream's Tool (description, annotations, schemas)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def has_output_schema(self) -> bool:
+        return bool(self.tool_info and self.tool_info.get("outputSchema"))

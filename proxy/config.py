@@ -1,0 +1,261 @@
+"""The gateway's configuration file: one YAML (or JSON) document validated by pydantic.
+
+`${VAR}` and `${VAR:-default}` in any string are replaced from the environment before
+validation, so secrets stay out of the file. Every problem is reported as
+`path.to.field: what is wrong`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from proxy.duration import Duration
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; `errors` lists every problem as `path: message`."""
+
+    def __init__(self, errors: list[str], source: str = "config") -> None:
+        self.errors = errors
+        self.source = source
+        super().__init__(f"{source} is invalid:\n" + "\n".join(f"  {e}" for e in errors))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UpstreamConfig(_Model):
+    """One upstream MCP server: a stdio command or a Streamable HTTP URL."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    policy: str | dict[str, Any] | None = None
+    call_timeout: Duration = 300.0
+    connect_timeout: Duration = 30.0
+    # "auto": a client session that can receive server->client requests (sampling, elicitation,
+    # roots) gets its own upstream connection so those requests reach the client that caused them.
+    sessions: Literal["auto", "shared", "per_client"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> UpstreamConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of `command` (stdio) or `url` (Streamable HTTP)")
+        if self.url is not None and not re.match(r"^https?://", self.url):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        if self.url is None and self.headers:
+            raise ValueError("`headers` only apply to an HTTP upstream (`url`)")
+        return self
+
+
+class ListenConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    path: str = "/mcp"
+    json_response: bool = False
+
+
+class ControlConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8766, ge=0, le=65535)
+    # Protects the approvals page and API; `${SIGNOFF_ADMIN_TOKEN}` by convention.
+    admin_token: str | None = None
+
+
+class IdentityConfig(_Model):
+    """A caller: its bearer token (from an environment variable or as a SHA-256 hash), groups, Slack user."""
+
+    token_env: str | None = None
+    token_sha256: str | None = None
+    groups: list[str] = Field(default_factory=list)
+    slack_user: str | None = None
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"(sha256:)?[0-9a-fA-F]{64}", v):
+            raise ValueError("must be 64 hex digits (the SHA-256 of the token), optionally prefixed sha256:")
+        return v.removeprefix("sha256:").lower() if v else v
+
+    @model_validator(mode="after")
+    def _has_token(self) -> IdentityConfig:
+        if self.token_env is None and self.token_sha256 is None:
+            raise ValueError("give `token_env` (an environment variable holding the token) or `token_sha256`")
+        return self
+
+
+class ApproverGroupConfig(_Model):
+    """Who may decide: Slack user IDs and/or a Slack user group (resolved through the Web API)."""
+
+    users: list[str] = Field(default_factory=list)
+    usergroup: str | None = None
+
+    @model_validator(mode="after")
+    def _someone(self) -> ApproverGroupConfig:
+        if not self.users and not self.usergroup:
+            raise ValueError("an approver group needs `users` and/or `usergroup`")
+        return self
+
+
+class SlackConfig(_Model):
+    bot_token: str
+    app_token: str | None = None
+    signing_secret: str | None = None
+    channel: str
+    mode: Literal["socket", "http"] = "socket"
+    api_url: str | None = None  # tests only: a fake Web API on 127.0.0.1
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> SlackConfig:
+        if self.mode == "socket" and not self.app_token:
+            raise ValueError("socket mode needs `app_token` (xapp-…, with connections:write)")
+        if self.mode == "http" and not self.signing_secret:
+            raise ValueError("http mode needs `signing_secret` to verify Slack's requests")
+        return self
+
+
+class AuditConfig(_Model):
+    enabled: bool = True
+    flush_interval: Duration = 0.2
+    batch_size: int = Field(default=500, ge=1)
+    # Fail calls closed when the audit log cannot be written (default: keep serving, log loudly).
+    fail_closed: bool = False
+
+
+class Config(_Model):
+    """The whole configuration file."""
+
+    upstreams: dict[str, UpstreamConfig] = Field(min_length=1)
+    tool_separator: str = Field(default=".", min_length=1)
+    prefix_single_upstream: bool = False
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    database_url: str = "sqlite+aiosqlite:///signoff.db"
+    policy: str | dict[str, Any] | None = None
+    slack: SlackConfig | None = None
+    identities: dict[str, IdentityConfig] = Field(default_factory=dict)
+    stdio_identity: str | None = None
+    approvers: dict[str, ApproverGroupConfig] = Field(default_factory=dict)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    max_argument_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    replica: str | None = None
+
+    # Where relative paths (policy files, stdio cwd) are resolved; set by `load_config`.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _names(cls, v: dict[str, UpstreamConfig]) -> dict[str, UpstreamConfig]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(f"upstream name {name!r} may only contain letters, digits, '_' and '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        if self.stdio_identity is not None and self.stdio_identity not in self.identities:
+            raise ValueError(f"stdio_identity {self.stdio_identity!r} is not one of `identities`")
+        return self
+
+    @property
+    def prefixed(self) -> bool:
+        """Whether tool and prompt names carry the upstream name."""
+        return len(self.upstreams) > 1 or self.prefix_single_upstream
+
+    def policy_path(self) -> Path | None:
+        """The policy file to watch, when the policy is a path rather than inline."""
+        if isinstance(self.policy, str):
+            return (self.base_dir / self.policy).resolve()
+        return None
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(data: Any, env: dict[str, str], path: str = "", errors: list[str] | None = None) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string of `data`; unset variables become errors."""
+    errors = [] if errors is None else errors
+    if isinstance(data, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append(f"{path or '(root)'}: environment variable {name} is not set")
+            return ""
+
+        return _VAR.sub(sub, data)
+    if isinstance(data, dict):
+        return {k: expand_env(v, env, f"{path}.{k}" if path else str(k), errors) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_env(v, env, f"{path}.{i}" if path else str(i), errors) for i, v in enumerate(data)]
+    return data
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """Turn pydantic's errors into `path.to.field: message` lines."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc or '(root)'}: {msg}")
+    return lines
+
+
+def read_document(path: Path) -> Any:
+    """Read a YAML or JSON file; a syntax error becomes a ConfigError naming the line."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read ({e.strerror})"], str(path)) from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError([f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}"], str(path))
+
+
+def parse_config(data: Any, base_dir: Path = Path("."), env: dict[str, str] | None = None) -> Config:
+    """Validate an already-parsed config document; raises ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(root): the config must be a mapping with at least `upstreams`"])
+    errors: list[str] = []
+    data = expand_env(data, dict(os.environ) if env is None else env, errors=errors)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        errors.extend(format_validation_error(e))
+        raise ConfigError(errors) from None
+    if errors:
+        raise ConfigError(errors)
+    config.base_dir = base_dir
+    return config
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Read and validate the config file at `path`."""
+    path = Path(path)
+    try:
+        return parse_config(read_document(path), path.resolve().parent, env)
+    except ConfigError as e:
+        raise ConfigError(e.errors, str(path)) from None
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex digest under which a bearer token may be stored in the config."""
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,454 @@
+"""The agent-facing MCP server: every MCP method, answered by the right upstream.
+
+This module is MCP plumbing only. It names and routes; whether a tool call may run is the
+pipeline's business (`proxy.pipeline`), reached through `Gateway.calls`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
+from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from proxy.calls import ToolCall, UnknownTool
+from proxy.identity import ANONYMOUS, Identity
+from proxy.naming import Names
+from proxy.sessions import Downstream, is_list_changed
+from proxy.upstreams import Link, Upstream, UpstreamError
+
+log = logging.getLogger("signoff.gateway")
+
+RESOURCE_NOT_FOUND = -32002
+Ctx = ServerRequestContext[Any, Any]
+CallHandler = Callable[[ToolCall, Callable[[ToolCall], Awaitable[dict[str, Any]]]], Awaitable[dict[str, Any]]]
+
+
+class _GatewayServer(Server[Any]):
+    """A low-level Server whose capabilities mirror what the upstreams offer."""
+
+    gateway: Gateway
+
+    def get_capabilities(self, notification_options: Any = None, experimental_capabilities: Any = None,
+                         extensions: Any = None, *, protocol_version: str | None = None) -> types.ServerCapabilities:
+        base = super().get_capabilities(
+            NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True),
+            experimental_capabilities, extensions, protocol_version=protocol_version,
+        )
+        offered = self.gateway.upstream_capabilities()
+        return base.model_copy(update={
+            "prompts": base.prompts if offered["prompts"] else None,
+            "resources": base.resources.model_copy(update={"subscribe": offered["subscribe"]})
+            if base.resources is not None and offered["resources"] else None,
+            "logging": base.logging if offered["logging"] else None,
+            "completions": base.completions if offered["completions"] else None,
+        })
+
+
+class Gateway:
+    """Routes every MCP request from a client session to the upstream that owns it."""
+
+    def __init__(
+        self,
+        upstreams: dict[str, Upstream],
+        names: Names,
+        calls: CallHandler,
+        is_hidden: Callable[[str, str], bool] = lambda upstream, tool: False,
+        stdio_identity: Identity = ANONYMOUS,
+        max_argument_bytes: int = 4 * 1024 * 1024,
+        name: str = "signoff",
+    ) -> None:
+        self.upstreams = upstreams
+        self.names = names
+        self.calls = calls
+        self.is_hidden = is_hidden
+        self.stdio_identity = stdio_identity
+        self.max_argument_bytes = max_argument_bytes
+        self.sessions: set[Downstream] = set()
+        self.on_session_close: list[Callable[[Downstream], Awaitable[None]]] = []
+        self._resource_owner: dict[str, str] = {}
+        self._template_owner: list[tuple[str, str]] = []
+        self._shared_subscribers: dict[tuple[str, str], set[Downstream]] = {}
+        self.server = self._build_server(name)
+        for up in upstreams.values():
+            up.notify = self._on_shared_notification
+            up.shared.hooks.notify = self._on_shared_notification
+
+    # -- server ------------------------------------------------------------------------------
+
+    def _build_server(self, name: str) -> Server[Any]:
+        server = _GatewayServer(name, version="0.1.0",
+                                instructions=None)
+        server.gateway = self
+        handlers: dict[str, Callable[[Ctx, Any], Awaitable[Any]]] = {
+            "tools/list": self.list_tools,
+            "tools/call": self.call_tool,
+            "resources/list": self.list_resources,
+            "resources/templates/list": self.list_resource_templates,
+            "resources/read": self.read_resource,
+            "resources/subscribe": self.subscribe,
+            "resources/unsubscribe": self.unsubscribe,
+            "prompts/list": self.list_prompts,
+            "prompts/get": self.get_prompt,
+            "completion/complete": self.complete,
+            "logging/setLevel": self.set_logging_level,
+        }
+        # Handlers read the raw params (ctx.params): the SDK has already checked them against the
+        # protocol surface, and forwarding the raw dict keeps every field the client sent.
+        for method, handler in handlers.items():
+            server.add_request_handler(method, types.RequestParams, handler)
+        server.add_notification_handler(
+            "notifications/roots/list_changed", types.NotificationParams, self.roots_list_changed
+        )
+        return server
+
+    def upstream_capabilities(self) -> dict[str, bool]:
+        """Which optional features at least one upstream offers (all, while none has connected)."""
+        caps = [up.shared.server_capabilities for up in self.upstreams.values()]
+        known = [c for c in caps if c is not None]
+        if not known:
+            return dict.fromkeys(("prompts", "resources", "subscribe", "logging", "completions"), True)
+        return {
+            "prompts": any(c.prompts for c in known),
+            "resources": any(c.resources for c in known),
+            "subscribe": any(c.resources and c.resources.subscribe for c in known),
+            "logging": any(c.logging for c in known),
+            "completions": any(c.completions for c in known),
+        }
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def session(self, ctx: Ctx) -> Downstream:
+        """The client session of a request, with its identity."""
+        conn_state = ctx.session._connection.state
+        down = conn_state.get("signoff")
+        if down is not None:
+            return down
+        down = Downstream.for_context(ctx, self.identity_of(ctx))
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # Stateless era: a "session" lives for one request and cannot take server requests.
+            down.capabilities = frozenset()
+        else:
+            self.sessions.add(down)
+            down.on_close.append(self._session_closed)
+        return down
+
+    def identity_of(self, ctx: Ctx) -> Identity:
+        request = ctx.request
+        if request is None:
+            return self.stdio_identity
+        return request.scope.get("signoff.identity", ANONYMOUS)
+
+    async def _session_closed(self, down: Downstream) -> None:
+        self.sessions.discard(down)
+        for hook in self.on_session_close:
+            await hook(down)
+        for key in list(down.subscriptions):
+            await self._drop_subscriber(key, down)
+
+    # -- tools -------------------------------------------------------------------------------
+
+    async def list_tools(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        down = self.session(ctx)
+        cursor = (ctx.params or {}).get("cursor")
+        if not self.names.prefixed:
+            up = self._only()
+            result = await self._request(down, up, "tools/list", {"cursor": cursor} if cursor else None)
+            tools = result.get("tools", [])
+            if not cursor:
+                up.tools = {t["name"]: t for t in tools} if not result.get("nextCursor") else up.tools
+            result["tools"] = [t for t in tools if not self.is_hidden(up.name, t["name"])]
+            return result
+        tools: list[dict[str, Any]] = []
+        for up in self.upstreams.values():
+            try:
+                own = await up.refresh_tools(down.link_for(up))
+            except UpstreamError as e:
+                log.warning("tools/list: skipping %s", e)
+                continue
+            for tool in own.values():
+                if not self.is_hidden(up.name, tool["name"]):
+                    tools.append({**tool, "name": self.names.public(up.name, tool["name"])})
+        return {"tools": tools}
+
+    async def call_tool(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        raw = ctx.params or {}
+        public = raw.get("name", "")
+        arguments = raw.get("arguments")
+        down = self.session(ctx)
+        resolved = self.names.resolve(public)
+        if resolved is None:
+            raise _unknown_tool(public)
+        up = self.upstreams[resolved[0]]
+        meta = raw.get("_meta") or {}
+        call = ToolCall(
+            identity=down.identity,
+            session_id=down.id,
+            client_name=down.client_name,
+            upstream=up.name,
+            tool=resolved[1],
+            public_name=public,
+            arguments=arguments if isinstance(arguments, dict) else {},
+            meta={k: v for k, v in meta.items() if k != "progressToken"},
+            progress=ctx.session.report_progress if "progressToken" in meta else None,
+            tool_info=await self._tool_info(down, up, resolved[1]),
+        )
+
+        async def forward(c: ToolCall) -> dict[str, Any]:
+            params: dict[str, Any] = {"name": c.tool, "arguments": c.arguments}
+            if c.meta:
+                params["_meta"] = c.meta
+            link = down.link_for(up)
+            with down.tracking(up.name, ctx):
+                return await link.request(
+                    "tools/call", params, timeout=up.config.call_timeout,
+                    on_progress=c.progress,
+                )
+
+        try:
+            return await self.calls(call, forward)
+        except UnknownTool:
+            raise _unknown_tool(public) from None
+
+    async def _tool_info(self, down: Downstream, up: Upstream, tool: str) -> dict[str, Any] | None:
+        """The upstream's description of `tool`, refreshing the catalog once if it is not known yet."""
+        info = up.tools.get(tool)
+        if info is None:
+            try:
+                await up.refresh_tools(down.link_for(up))
+            except (UpstreamError, MCPError):
+                return None
+            info = up.tools.get(tool)
+        return info
+
+    # -- resources ---------------------------------------------------------------------------
+
+    async def list_resources(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        return await self._list_merged(ctx, "resources/list", "resources", "uri", self._resource_owner)
+
+    async def list_resource_templates(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        owners: dict[str, str] = {}
+        result = await self._list_merged(ctx, "resources/templates/list", "resourceTemplates", "uriTemplate", owners)
+        self._template_owner = sorted(
+            ((t.split("{", 1)[0], up) for t, up in owners.items()), key=lambda p: len(p[0]), reverse=True
+        )
+        return result
+
+    async def _list_merged(self, ctx: Ctx, method: str, key: str, id_field: str, owners: dict[str, str]
+                           ) -> dict[str, Any]:
+        down = self.session(ctx)
+        cursor = (ctx.params or {}).get("cursor")
+        if len(self.upstreams) == 1:
+            up = self._only()
+            result = await self._request(down, up, method, {"cursor": cursor} if cursor else None)
+            for item in result.get(key, []):
+                owners[item.get(id_field, "")] = up.name
+            return result
+        items: list[dict[str, Any]] = []
+        for up in self._offering("resources"):
+            page: str | None = None
+            try:
+                while True:
+                    result = await self._request(down, up, method, {"cursor": page} if page else None)
+                    for item in result.get(key, []):
+                        owners[item.get(id_field, "")] = up.name
+                        items.append(item)
+                    page = result.get("nextCursor")
+                    if not page:
+                        break
+            except UpstreamError as e:
+                log.warning("%s: skipping %s", method, e)
+        return {key: items}
+
+    def _resource_upstream(self, uri: str) -> Upstream:
+        if len(self.upstreams) == 1:
+            return self._only()
+        owner = self._resource_owner.get(uri)
+        if owner is None:
+            owner = next((up for prefix, up in self._template_owner if uri.startswith(prefix)), None)
+        if owner is None:
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
+        return self.upstreams[owner]
+
+    async def read_resource(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        raw = dict(ctx.params or {})
+        up = self._resource_upstream(raw.get("uri", ""))
+        return await self._request(self.session(ctx), up, "resources/read", raw, ctx)
+
+    async def subscribe(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        raw = dict(ctx.params or {})
+        uri = raw.get("uri", "")
+        up = self._resource_upstream(uri)
+        down = self.session(ctx)
+        link = down.link_for(up)
+        key = (up.name, uri)
+        if link is up.shared:
+            subscribers = self._shared_subscribers.setdefault(key, set())
+            if not subscribers:
+                await self._request(down, up, "resources/subscribe", raw, ctx)
+            subscribers.add(down)
+        else:
+            await self._request(down, up, "resources/subscribe", raw, ctx)
+        down.subscriptions.add(key)
+        return {}
+
+    async def unsubscribe(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        raw = dict(ctx.params or {})
+        uri = raw.get("uri", "")
+        up = self._resource_upstream(uri)
+        down = self.session(ctx)
+        key = (up.name, uri)
+        down.subscriptions.discard(key)
+        if down.link_for(up) is up.shared:
+            await self._drop_subscriber(key, down)
+        else:
+            await self._request(down, up, "resources/unsubscribe", raw, ctx)
+        return {}
+
+    async def _drop_subscriber(self, key: tuple[str, str], down: Downstream) -> None:
+        subscribers = self._shared_subscribers.get(key)
+        if subscribers is None or down not in subscribers:
+            return
+        subscribers.discard(down)
+        if not subscribers:
+            del self._shared_subscribers[key]
+            try:
+                await self.upstreams[key[0]].shared.request("resources/unsubscribe", {"uri": key[1]}, timeout=10)
+            except (UpstreamError, MCPError) as e:
+                log.debug("unsubscribe %s on %s failed: %s", key[1], key[0], e)
+
+    # -- prompts and completion ---------------------------------------------------------------
+
+    async def list_prompts(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        down = self.session(ctx)
+        cursor = (ctx.params or {}).get("cursor")
+        if not self.names.prefixed:
+            return await self._request(down, self._only(), "prompts/list", {"cursor": cursor} if cursor else None)
+        prompts: list[dict[str, Any]] = []
+        for up in self._offering("prompts"):
+            try:
+                result = await self._request(down, up, "prompts/list", None)
+            except UpstreamError as e:
+                log.warning("prompts/list: skipping %s", e)
+                continue
+            prompts += [{**p, "name": self.names.public(up.name, p["name"])} for p in result.get("prompts", [])]
+        return {"prompts": prompts}
+
+    async def get_prompt(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        raw = dict(ctx.params or {})
+        resolved = self.names.resolve(raw.get("name", ""))
+        if resolved is None:
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {raw.get('name')}")
+        raw["name"] = resolved[1]
+        return await self._request(self.session(ctx), self.upstreams[resolved[0]], "prompts/get", raw, ctx)
+
+    async def complete(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        raw = dict(ctx.params or {})
+        ref = dict(raw.get("ref") or {})
+        if ref.get("type") == "ref/prompt":
+            resolved = self.names.resolve(ref.get("name", ""))
+            if resolved is None:
+                raise MCPError(INVALID_PARAMS, f"Unknown prompt: {ref.get('name')}")
+            up, ref["name"] = self.upstreams[resolved[0]], resolved[1]
+        else:
+            up = self._resource_upstream(ref.get("uri", ""))
+        raw["ref"] = ref
+        return await self._request(self.session(ctx), up, "completion/complete", raw, ctx)
+
+    async def set_logging_level(self, ctx: Ctx, _: Any) -> dict[str, Any]:
+        down = self.session(ctx)
+        params = dict(ctx.params or {})
+        for up in self._offering("logging"):
+            try:
+                await self._request(down, up, "logging/setLevel", params)
+            except UpstreamError as e:
+                log.warning("logging/setLevel: skipping %s", e)
+        return {}
+
+    async def roots_list_changed(self, ctx: Ctx, _: Any) -> None:
+        down = self.session(ctx)
+        for link in down.links.values():
+            await link.notify("notifications/roots/list_changed", None)
+
+    # -- upstream traffic ----------------------------------------------------------------------
+
+    async def _on_shared_notification(self, link: Link, method: str, params: dict[str, Any] | None) -> None:
+        """A notification on a shared link: route it to the sessions it concerns."""
+        if method == "notifications/tools/list_changed":
+            asyncio.create_task(self._refresh_quietly(link.name))
+        if is_list_changed(method):
+            targets = list(self.sessions)
+        elif method == "notifications/resources/updated":
+            targets = list(self._shared_subscribers.get((link.name, (params or {}).get("uri", "")), ()))
+        elif method == "notifications/message":
+            # Only attributable when exactly one client is waiting on this shared link.
+            waiting = [d for d in self.sessions if d.link_for(self.upstreams[link.name]) is link
+                       and d.only_request_on(link.name) is not None]
+            targets = waiting if len(waiting) == 1 else []
+        else:
+            targets = []
+        for down in targets:
+            try:
+                await down.deliver(link.name, method, params)
+            except Exception:
+                log.debug("could not deliver %s to session %s", method, down.id, exc_info=True)
+
+    async def _refresh_quietly(self, upstream: str) -> None:
+        try:
+            await self.upstreams[upstream].refresh_tools()
+        except (UpstreamError, MCPError) as e:
+            log.debug("tool catalog refresh of %s failed: %s", upstream, e)
+
+    async def notify_tools_changed(self) -> None:
+        """Tell every client the tool list changed (a policy reload may hide or reveal tools)."""
+        for down in list(self.sessions):
+            try:
+                await down.connection.outbound.notify("notifications/tools/list_changed", None)
+            except Exception:
+                log.debug("could not notify session %s", down.id, exc_info=True)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _only(self) -> Upstream:
+        return next(iter(self.upstreams.values()))
+
+    def _offering(self, feature: str) -> list[Upstream]:
+        out = []
+        for up in self.upstreams.values():
+            caps = up.shared.server_capabilities
+            if caps is None or getattr(caps, feature, None) is not None:
+                out.append(up)
+        return out
+
+    async def _request(self, down: Downstream, up: Upstream, method: str, params: dict[str, Any] | None,
+                       ctx: Ctx | None = None) -> dict[str, Any]:
+        link = down.link_for(up)
+        try:
+            if ctx is None:
+                return await link.request(method, params, timeout=up.config.call_timeout)
+            progress = None
+            if "progressToken" in ((params or {}).get("_meta") or {}):
+                # The upstream gets a token of our own; its progress is relayed under the client's.
+                progress = ctx.session.report_progress
+                params = dict(params or {})
+                meta = {k: v for k, v in params["_meta"].items() if k != "progressToken"}
+                if meta:
+                    params["_meta"] = meta
+                else:
+                    del params["_meta"]
+            with down.tracking(up.name, ctx):
+                return await link.request(method, params, timeout=up.config.call_timeout, on_progress=progress)
+        except UpstreamError as e:
+            raise MCPError(INTERNAL_ERROR, str(e), {"reason": e.reason, "upstream": up.name}) from None
+
+
+def _unknown_tool(name: str) -> MCPError:
+    return MCPError(INVALID_PARAMS, f"Unknown tool: {name}")

@@ -1,0 +1,131 @@
+"""Real processes for tests: free ports, child processes that are always reaped, a running gateway."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+SIGNOFF = [PYTHON, "-m", "proxy.cli"]
+
+
+def free_port() -> int:
+    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` died."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception as e:  # noqa: BLE001 - anything but 200 means "not yet"
+            last = e
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
+
+
+@dataclass
+class Proc:
+    """A child process with its log file; `stop()` terminates it and its group."""
+
+    popen: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Proc:
+    """Start `cmd` in its own process group, stdout+stderr to `log`."""
+    full_env = {**os.environ, **(env or {})}
+    fh = open(log, "ab")  # noqa: SIM115 - the child owns it
+    popen = subprocess.Popen(
+        cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
+        start_new_session=True,
+    )
+    fh.close()
+    return Proc(popen, log)
+
+
+@dataclass
+class Gateway(Proc):
+    """A running `signoff serve` with its agent-facing and control URLs."""
+
+    config_path: Path = Path()
+    mcp_url: str = ""
+    control_url: str = ""
+
+
+def write_config(config: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_gateway(
+    config: dict[str, Any], tmp_path: Path, env: dict[str, str] | None = None, name: str = "gateway",
+    ready_timeout: float = 30.0,
+) -> Gateway:
+    """Write `config` (listen/control ports filled in when absent), start `signoff serve`, wait for /readyz."""
+    config = dict(config)
+    config.setdefault("listen", {"host": "127.0.0.1", "port": free_port()})
+    config.setdefault("control", {"host": "127.0.0.1", "port": free_port()})
+    config.setdefault("database_url", f"sqlite+aiosqlite:///{tmp_path / (name + '.db')}")
+    path = write_config(config, tmp_path / f"{name}.yaml")
+    proc = spawn([*SIGNOFF, "serve", "--config", str(path)], tmp_path / f"{name}.log", env=env)
+    listen, control = config["listen"], config["control"]
+    gw = Gateway(
+        proc.popen, proc.log, config_path=path,
+        mcp_url=f"http://{listen['host']}:{listen['port']}/mcp",
+        control_url=f"http://{control['host']}:{control['port']}",
+    )
+    try:
+        wait_http(gw.control_url + "/readyz", ready_timeout, gw.popen)
+    except Exception as e:
+        gw.stop()
+        raise RuntimeError(f"gateway did not become ready: {e}\n--- log ---\n{gw.output()}") from e
+    return gw
+
+
+@contextlib.contextmanager
+def running_gateway(config: dict[str, Any], tmp_path: Path, **kw: Any) -> Iterator[Gateway]:
+    gw = start_gateway(config, tmp_path, **kw)
+    try:
+        yield gw
+    finally:
+        gw.stop()
