@@ -9,7 +9,10 @@ import signal
 import socket
 from typing import Any
 
+import anyio
+import mcp_types as types
 import uvicorn
+from mcp.shared.message import SessionMessage
 
 from proxy.auth import BearerAuth, IdentityTable
 from proxy.config import Config, ConfigError
@@ -39,15 +42,21 @@ class App:
         self.metrics = Metrics()
         self.identities = IdentityTable.from_config(config.identities, config.stdio_identity)
         self.upstreams = {
-            name: Upstream(name, cfg, config.base_dir, notify=_ignore) for name, cfg in config.upstreams.items()
+            name: Upstream(name, cfg, config.base_dir, notify=_ignore)
+            for name, cfg in config.upstreams.items()
         }
         self.names = Names(list(self.upstreams), config.tool_separator, config.prefixed)
         self.pipeline = Pipeline(self.metrics)
         self.gateway = Gateway(
-            self.upstreams, self.names, self.pipeline,
-            stdio_identity=self.identities.stdio, max_argument_bytes=config.max_argument_bytes,
+            self.upstreams,
+            self.names,
+            self.pipeline,
+            stdio_identity=self.identities.stdio,
+            max_argument_bytes=config.max_argument_bytes,
         )
-        self.control = ControlServer(config.control.host, config.control.port, self.readiness, self.render_metrics)
+        self.control = ControlServer(
+            config.control.host, config.control.port, self.readiness, self.render_metrics
+        )
         self._http: _Uvicorn | None = None
         self.stopping = asyncio.Event()
 
@@ -102,7 +111,9 @@ class App:
             sock.bind((listen.host, listen.port))
         except OSError as e:
             sock.close()
-            raise ConfigError([f"listen: cannot listen on {listen.host}:{listen.port}: {e.strerror}"]) from None
+            raise ConfigError(
+                [f"listen: cannot listen on {listen.host}:{listen.port}: {e.strerror}"]
+            ) from None
         sock.listen(2048)
         sock.setblocking(False)
         self.listen_port = sock.getsockname()[1]
@@ -118,7 +129,7 @@ class App:
         async with self.gateway.server.session_manager.run():
             task = asyncio.create_task(self._http.serve(sockets=[sock]))
             stop = asyncio.create_task(self.stopping.wait())
-            done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
             self._http.should_exit = True
             await task
             stop.cancel()
@@ -129,7 +140,7 @@ class App:
         from mcp.server.stdio import stdio_server
 
         server = self.gateway.server
-        async with stdio_server() as (read, write):
+        async with stdio_server() as (raw_read, write), _answer_parse_errors(raw_read, write) as read:
             task = asyncio.create_task(server.run(read, write, server.create_initialization_options()))
             stop = asyncio.create_task(self.stopping.wait())
             done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -153,6 +164,28 @@ class App:
             self.metrics.upstream_up.labels(name).set(1 if up.shared.state == "up" else 0)
             self.metrics.upstream_restarts.labels(name).set(up.shared.restarts)
         return self.metrics.render()
+
+
+@contextlib.asynccontextmanager
+async def _answer_parse_errors(read: Any, write: Any) -> Any:
+    """Answer unparseable stdio lines with a JSON-RPC parse error (the SDK drops them silently)."""
+    send, receive = anyio.create_memory_object_stream[Any](0)
+
+    async def pump() -> None:
+        async with send:
+            async for item in read:
+                if isinstance(item, Exception):
+                    message = "Parse error: the line is not a valid JSON-RPC 2.0 message"
+                    error = types.ErrorData(code=types.PARSE_ERROR, message=message)
+                    await write.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=None, error=error)))
+                else:
+                    await send.send(item)
+
+    task = asyncio.create_task(pump())
+    try:
+        yield receive
+    finally:
+        task.cancel()
 
 
 async def _ignore(*_: Any) -> None:

@@ -38,7 +38,10 @@ class IdentityTable:
 
     @classmethod
     def from_config(
-        cls, identities: Mapping[str, IdentityConfig], stdio_identity: str | None, env: Mapping[str, str] | None = None
+        cls,
+        identities: Mapping[str, IdentityConfig],
+        stdio_identity: str | None,
+        env: Mapping[str, str] | None = None,
     ) -> IdentityTable:
         """Build the table; a token variable that is unset or empty is a config error."""
         env = os.environ if env is None else env
@@ -51,7 +54,9 @@ class IdentityTable:
             if cfg.token_env is not None:
                 token = env.get(cfg.token_env, "")
                 if not token:
-                    errors.append(f"identities.{name}.token_env: environment variable {cfg.token_env} is not set")
+                    errors.append(
+                        f"identities.{name}.token_env: environment variable {cfg.token_env} is not set"
+                    )
                     continue
                 digest = hashlib.sha256(token.encode()).hexdigest()
             else:
@@ -103,13 +108,17 @@ class BearerAuth:
 
 
 async def _unauthorized(send: Any, message: str) -> None:
-    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": f"Unauthorized: {message}"}})
-    await send({
-        "type": "http.response.start",
-        "status": 401,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"www-authenticate", b'Bearer realm="signoff"'),
-        ],
-    })
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": f"Unauthorized: {message}"}}
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"www-authenticate", b'Bearer realm="signoff"'),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body.encode()})

@@ -12,10 +12,18 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from proxy.duration import Duration
 
@@ -134,10 +142,19 @@ class AuditConfig(_Model):
     fail_closed: bool = False
 
 
+def _upstream_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"upstream name {name!r} may only contain letters, digits, '_' and '-'")
+    return name
+
+
+UpstreamName = Annotated[str, AfterValidator(_upstream_name)]
+
+
 class Config(_Model):
     """The whole configuration file."""
 
-    upstreams: dict[str, UpstreamConfig] = Field(min_length=1)
+    upstreams: dict[UpstreamName, UpstreamConfig] = Field(min_length=1)
     tool_separator: str = Field(default=".", min_length=1)
     prefix_single_upstream: bool = False
     listen: ListenConfig = Field(default_factory=ListenConfig)
@@ -154,14 +171,6 @@ class Config(_Model):
 
     # Where relative paths (policy files, stdio cwd) are resolved; set by `load_config`.
     base_dir: Path = Field(default=Path("."), exclude=True)
-
-    @field_validator("upstreams")
-    @classmethod
-    def _names(cls, v: dict[str, UpstreamConfig]) -> dict[str, UpstreamConfig]:
-        for name in v:
-            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-                raise ValueError(f"upstream name {name!r} may only contain letters, digits, '_' and '-'")
-        return v
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -210,7 +219,7 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     """Turn pydantic's errors into `path.to.field: message` lines."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after") and p != "[key]")
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{loc or '(root)'}: {msg}")
     return lines
@@ -227,7 +236,9 @@ def read_document(path: Path) -> Any:
             return json.loads(text)
         return yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError([f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}"], str(path))
+        raise ConfigError(
+            [f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}"], str(path)
+        )
 
 
 def parse_config(data: Any, base_dir: Path = Path("."), env: dict[str, str] | None = None) -> Config:

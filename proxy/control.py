@@ -17,8 +17,13 @@ log = logging.getLogger("signoff.control")
 class ControlServer:
     """An aiohttp app served from the gateway's own event loop."""
 
-    def __init__(self, host: str, port: int, ready: Callable[[], tuple[bool, dict[str, str]]],
-                 metrics: Callable[[], bytes]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready: Callable[[], tuple[bool, dict[str, str]]],
+        metrics: Callable[[], bytes],
+    ) -> None:
         self.host = host
         self.port = port
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -37,8 +42,12 @@ class ControlServer:
         return web.json_response({"ready": ok, "upstreams": upstreams}, status=200 if ok else 503)
 
     async def metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=self._metrics(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            body=self._metrics(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -37,20 +37,31 @@ class _GatewayServer(Server[Any]):
 
     gateway: Gateway
 
-    def get_capabilities(self, notification_options: Any = None, experimental_capabilities: Any = None,
-                         extensions: Any = None, *, protocol_version: str | None = None) -> types.ServerCapabilities:
+    def get_capabilities(
+        self,
+        notification_options: Any = None,
+        experimental_capabilities: Any = None,
+        extensions: Any = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
         base = super().get_capabilities(
             NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True),
-            experimental_capabilities, extensions, protocol_version=protocol_version,
+            experimental_capabilities,
+            extensions,
+            protocol_version=protocol_version,
         )
         offered = self.gateway.upstream_capabilities()
-        return base.model_copy(update={
-            "prompts": base.prompts if offered["prompts"] else None,
-            "resources": base.resources.model_copy(update={"subscribe": offered["subscribe"]})
-            if base.resources is not None and offered["resources"] else None,
-            "logging": base.logging if offered["logging"] else None,
-            "completions": base.completions if offered["completions"] else None,
-        })
+        return base.model_copy(
+            update={
+                "prompts": base.prompts if offered["prompts"] else None,
+                "resources": base.resources.model_copy(update={"subscribe": offered["subscribe"]})
+                if base.resources is not None and offered["resources"]
+                else None,
+                "logging": base.logging if offered["logging"] else None,
+                "completions": base.completions if offered["completions"] else None,
+            }
+        )
 
 
 class Gateway:
@@ -77,6 +88,7 @@ class Gateway:
         self._resource_owner: dict[str, str] = {}
         self._template_owner: list[tuple[str, str]] = []
         self._shared_subscribers: dict[tuple[str, str], set[Downstream]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.server = self._build_server(name)
         for up in upstreams.values():
             up.notify = self._on_shared_notification
@@ -85,8 +97,7 @@ class Gateway:
     # -- server ------------------------------------------------------------------------------
 
     def _build_server(self, name: str) -> Server[Any]:
-        server = _GatewayServer(name, version="0.1.0",
-                                instructions=None)
+        server = _GatewayServer(name, version="0.1.0", instructions=None)
         server.gateway = self
         handlers: dict[str, Callable[[Ctx, Any], Awaitable[Any]]] = {
             "tools/list": self.list_tools,
@@ -199,8 +210,12 @@ class Gateway:
             arguments=arguments if isinstance(arguments, dict) else {},
             meta={k: v for k, v in meta.items() if k != "progressToken"},
             progress=ctx.session.report_progress if "progressToken" in meta else None,
-            tool_info=await self._tool_info(down, up, resolved[1]),
+            tool_info=None,
         )
+        try:
+            call.tool_info = await self._tool_info(down, up, call.tool)
+        except UnknownTool:
+            raise _unknown_tool(public) from None
 
         async def forward(c: ToolCall) -> dict[str, Any]:
             params: dict[str, Any] = {"name": c.tool, "arguments": c.arguments}
@@ -209,7 +224,9 @@ class Gateway:
             link = down.link_for(up)
             with down.tracking(up.name, ctx):
                 return await link.request(
-                    "tools/call", params, timeout=up.config.call_timeout,
+                    "tools/call",
+                    params,
+                    timeout=up.config.call_timeout,
                     on_progress=c.progress,
                 )
 
@@ -219,14 +236,20 @@ class Gateway:
             raise _unknown_tool(public) from None
 
     async def _tool_info(self, down: Downstream, up: Upstream, tool: str) -> dict[str, Any] | None:
-        """The upstream's description of `tool`, refreshing the catalog once if it is not known yet."""
+        """The upstream's description of `tool`, refreshing the catalog once if it is not known yet.
+
+        Raises UnknownTool when the upstream, asked afresh, does not list it: the gateway answers
+        unknown tools itself, so a hidden tool's refusal is indistinguishable from a missing one's.
+        """
         info = up.tools.get(tool)
         if info is None:
             try:
                 await up.refresh_tools(down.link_for(up))
             except (UpstreamError, MCPError):
-                return None
+                return None  # upstream down: the call itself will report that
             info = up.tools.get(tool)
+            if info is None:
+                raise UnknownTool(tool)
         return info
 
     # -- resources ---------------------------------------------------------------------------
@@ -236,14 +259,17 @@ class Gateway:
 
     async def list_resource_templates(self, ctx: Ctx, _: Any) -> dict[str, Any]:
         owners: dict[str, str] = {}
-        result = await self._list_merged(ctx, "resources/templates/list", "resourceTemplates", "uriTemplate", owners)
+        result = await self._list_merged(
+            ctx, "resources/templates/list", "resourceTemplates", "uriTemplate", owners
+        )
         self._template_owner = sorted(
             ((t.split("{", 1)[0], up) for t, up in owners.items()), key=lambda p: len(p[0]), reverse=True
         )
         return result
 
-    async def _list_merged(self, ctx: Ctx, method: str, key: str, id_field: str, owners: dict[str, str]
-                           ) -> dict[str, Any]:
+    async def _list_merged(
+        self, ctx: Ctx, method: str, key: str, id_field: str, owners: dict[str, str]
+    ) -> dict[str, Any]:
         down = self.session(ctx)
         cursor = (ctx.params or {}).get("cursor")
         if len(self.upstreams) == 1:
@@ -321,7 +347,9 @@ class Gateway:
         if not subscribers:
             del self._shared_subscribers[key]
             try:
-                await self.upstreams[key[0]].shared.request("resources/unsubscribe", {"uri": key[1]}, timeout=10)
+                await self.upstreams[key[0]].shared.request(
+                    "resources/unsubscribe", {"uri": key[1]}, timeout=10
+                )
             except (UpstreamError, MCPError) as e:
                 log.debug("unsubscribe %s on %s failed: %s", key[1], key[0], e)
 
@@ -331,7 +359,9 @@ class Gateway:
         down = self.session(ctx)
         cursor = (ctx.params or {}).get("cursor")
         if not self.names.prefixed:
-            return await self._request(down, self._only(), "prompts/list", {"cursor": cursor} if cursor else None)
+            return await self._request(
+                down, self._only(), "prompts/list", {"cursor": cursor} if cursor else None
+            )
         prompts: list[dict[str, Any]] = []
         for up in self._offering("prompts"):
             try:
@@ -339,7 +369,9 @@ class Gateway:
             except UpstreamError as e:
                 log.warning("prompts/list: skipping %s", e)
                 continue
-            prompts += [{**p, "name": self.names.public(up.name, p["name"])} for p in result.get("prompts", [])]
+            prompts += [
+                {**p, "name": self.names.public(up.name, p["name"])} for p in result.get("prompts", [])
+            ]
         return {"prompts": prompts}
 
     async def get_prompt(self, ctx: Ctx, _: Any) -> dict[str, Any]:
@@ -383,15 +415,18 @@ class Gateway:
     async def _on_shared_notification(self, link: Link, method: str, params: dict[str, Any] | None) -> None:
         """A notification on a shared link: route it to the sessions it concerns."""
         if method == "notifications/tools/list_changed":
-            asyncio.create_task(self._refresh_quietly(link.name))
+            self._background(self._refresh_quietly(link.name))
         if is_list_changed(method):
             targets = list(self.sessions)
         elif method == "notifications/resources/updated":
             targets = list(self._shared_subscribers.get((link.name, (params or {}).get("uri", "")), ()))
         elif method == "notifications/message":
             # Only attributable when exactly one client is waiting on this shared link.
-            waiting = [d for d in self.sessions if d.link_for(self.upstreams[link.name]) is link
-                       and d.only_request_on(link.name) is not None]
+            waiting = [
+                d
+                for d in self.sessions
+                if d.link_for(self.upstreams[link.name]) is link and d.only_request_on(link.name) is not None
+            ]
             targets = waiting if len(waiting) == 1 else []
         else:
             targets = []
@@ -417,6 +452,11 @@ class Gateway:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _only(self) -> Upstream:
         return next(iter(self.upstreams.values()))
 
@@ -428,8 +468,14 @@ class Gateway:
                 out.append(up)
         return out
 
-    async def _request(self, down: Downstream, up: Upstream, method: str, params: dict[str, Any] | None,
-                       ctx: Ctx | None = None) -> dict[str, Any]:
+    async def _request(
+        self,
+        down: Downstream,
+        up: Upstream,
+        method: str,
+        params: dict[str, Any] | None,
+        ctx: Ctx | None = None,
+    ) -> dict[str, Any]:
         link = down.link_for(up)
         try:
             if ctx is None:
@@ -445,7 +491,9 @@ class Gateway:
                 else:
                     del params["_meta"]
             with down.tracking(up.name, ctx):
-                return await link.request(method, params, timeout=up.config.call_timeout, on_progress=progress)
+                return await link.request(
+                    method, params, timeout=up.config.call_timeout, on_progress=progress
+                )
         except UpstreamError as e:
             raise MCPError(INTERNAL_ERROR, str(e), {"reason": e.reason, "upstream": up.name}) from None
 

@@ -13,19 +13,28 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.calls = Counter(
-            "signoff_tool_calls", "Tool calls by tool, decision and outcome",
-            ["tool", "decision", "outcome"], registry=self.registry,
+            "signoff_tool_calls",
+            "Tool calls by tool, decision and outcome",
+            ["tool", "decision", "outcome"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "signoff_tool_call_seconds", "Tool call latency through the gateway (including approval waits)",
-            ["decision"], buckets=_BUCKETS, registry=self.registry,
+            "signoff_tool_call_seconds",
+            "Tool call latency through the gateway (including approval waits)",
+            ["decision"],
+            buckets=_BUCKETS,
+            registry=self.registry,
         )
         self.upstream_up = Gauge(
-            "signoff_upstream_up", "1 when the upstream's shared connection is up", ["upstream"],
+            "signoff_upstream_up",
+            "1 when the upstream's shared connection is up",
+            ["upstream"],
             registry=self.registry,
         )
         self.upstream_restarts = Gauge(
-            "signoff_upstream_restarts", "Reconnects of the upstream's shared connection", ["upstream"],
+            "signoff_upstream_restarts",
+            "Reconnects of the upstream's shared connection",
+            ["upstream"],
             registry=self.registry,
         )
         self.pending_approvals = Gauge(

@@ -37,8 +37,12 @@ class Pipeline:
             return result
         except UpstreamError as e:
             outcome = e.reason
-            return refusal(e.reason, f"The call did not run: {e}.", has_output_schema=call.has_output_schema,
-                           upstream=call.upstream)
+            return refusal(
+                e.reason,
+                f"The call did not run: {e}.",
+                has_output_schema=call.has_output_schema,
+                upstream=call.upstream,
+            )
         except MCPError:
             outcome = "upstream_error"
             raise

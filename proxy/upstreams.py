@@ -60,7 +60,9 @@ class LinkHooks:
 class Link:
     """One supervised client connection to an upstream."""
 
-    def __init__(self, name: str, config: UpstreamConfig, hooks: LinkHooks, base_dir: Path = Path(".")) -> None:
+    def __init__(
+        self, name: str, config: UpstreamConfig, hooks: LinkHooks, base_dir: Path = Path(".")
+    ) -> None:
         self.name = name
         self.config = config
         self.hooks = hooks
@@ -105,7 +107,7 @@ class Link:
                 await self._connect_and_serve()
             except asyncio.CancelledError:
                 raise
-            except BaseException as e:  # noqa: BLE001 - ExceptionGroups from anyio included
+            except BaseException as e:
                 self.last_error = describe_error(e, self.config)
             finally:
                 self._session = None
@@ -133,7 +135,7 @@ class Link:
                 self.state, self.last_error, self.retry_at = "up", None, None
                 self.ready.set()
                 log.info("upstream %s connected", self.name)
-                while not self._closing.is_set() and not _closed(client.session):
+                while not self._closing.is_set() and not _closed(client.session):  # noqa: ASYNC110
                     await anyio.sleep(0.2)
                 if not self._closing.is_set():
                     self.last_error = "the connection closed (process exited or server went away)"
@@ -175,6 +177,10 @@ class Link:
     ) -> dict[str, Any]:
         """Send a request as raw JSON and return the raw result; upstream JSON-RPC errors pass through."""
         session = self._session
+        if session is None and self.restarts == 0 and self.state == "connecting":
+            # A link's first connect (a client session's private link is opened on first use).
+            await self.wait_ready(self.config.connect_timeout)
+            session = self._session
         if session is None:
             raise UpstreamError(self.name, self.unavailable_reason())
         data: dict[str, Any] = {"method": method}
@@ -195,7 +201,9 @@ class Link:
             if e.code == CONNECTION_CLOSED:
                 raise UpstreamError(self.name, "closed the connection before answering") from None
             if e.code == REQUEST_TIMEOUT and timeout is not None:
-                raise UpstreamError(self.name, f"did not answer within {timeout:g}s", "upstream_timeout") from None
+                raise UpstreamError(
+                    self.name, f"did not answer within {timeout:g}s", "upstream_timeout"
+                ) from None
             raise
 
     async def notify(self, method: str, params: dict[str, Any] | None) -> None:

@@ -40,10 +40,23 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
-        except Exception as e:  # noqa: BLE001 - anything but 200 means "not yet"
+        except Exception as e:
             last = e
         time.sleep(0.05)
     raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:`port`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 
 
 @dataclass
@@ -76,7 +89,12 @@ def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Pat
     full_env = {**os.environ, **(env or {})}
     fh = open(log, "ab")  # noqa: SIM115 - the child owns it
     popen = subprocess.Popen(
-        cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
+        cmd,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=full_env,
+        cwd=cwd,
         start_new_session=True,
     )
     fh.close()
@@ -98,10 +116,14 @@ def write_config(config: dict[str, Any], path: Path) -> Path:
 
 
 def start_gateway(
-    config: dict[str, Any], tmp_path: Path, env: dict[str, str] | None = None, name: str = "gateway",
+    config: dict[str, Any],
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    name: str = "gateway",
     ready_timeout: float = 30.0,
+    ready_path: str = "/readyz",
 ) -> Gateway:
-    """Write `config` (listen/control ports filled in when absent), start `signoff serve`, wait for /readyz."""
+    """Write `config` (listen/control ports filled in when absent), start `signoff serve`, wait until ready."""
     config = dict(config)
     config.setdefault("listen", {"host": "127.0.0.1", "port": free_port()})
     config.setdefault("control", {"host": "127.0.0.1", "port": free_port()})
@@ -110,12 +132,14 @@ def start_gateway(
     proc = spawn([*SIGNOFF, "serve", "--config", str(path)], tmp_path / f"{name}.log", env=env)
     listen, control = config["listen"], config["control"]
     gw = Gateway(
-        proc.popen, proc.log, config_path=path,
+        proc.popen,
+        proc.log,
+        config_path=path,
         mcp_url=f"http://{listen['host']}:{listen['port']}/mcp",
         control_url=f"http://{control['host']}:{control['port']}",
     )
     try:
-        wait_http(gw.control_url + "/readyz", ready_timeout, gw.popen)
+        wait_http(gw.control_url + ready_path, ready_timeout, gw.popen)
     except Exception as e:
         gw.stop()
         raise RuntimeError(f"gateway did not become ready: {e}\n--- log ---\n{gw.output()}") from e
