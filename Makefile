@@ -28,7 +28,7 @@ demo: venv
 	$(BIN)/python demo/run.py
 
 test: venv node
-	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
