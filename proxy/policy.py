@@ -479,6 +479,8 @@ _TOOL_CACHE_LIMIT = 4096  # tool names are normally a small set; the bound stops
 
 def _equal(a: Any, b: Any) -> bool:
     ta, tb = type(a), type(b)
+    if ta is tb and ta is str:  # the common case, answered before the bool and number checks
+        return a == b
     if ta is bool or tb is bool:
         return ta is tb and a == b
     if (ta is int or ta is float) and (tb is int or tb is float):
@@ -489,7 +491,8 @@ def _equal(a: Any, b: Any) -> bool:
 def _resolve(root: Any, path: tuple[PathSegment, ...]) -> Any:
     current = root
     for key, index in path:
-        if isinstance(current, Mapping):
+        # `type(...) is dict` first: arguments decoded from JSON are dicts, and the ABC check is slower
+        if type(current) is dict or isinstance(current, Mapping):
             current = current.get(key, _MISSING)
             if current is _MISSING:
                 return _MISSING
@@ -718,15 +721,28 @@ def detect_format(data: Mapping[str, Any]) -> str:
         return "signoff"
     tools = data.get("tools")
     entries = [e for e in tools.values() if isinstance(e, Mapping)] if isinstance(tools, Mapping) else []
-    intercept = any("rules" in e for e in entries) or "description" in data or "approvals" in data
-    hosted = "all_tools" in data or any(k in e for e in entries for k in ("require", "deny_if", "limits"))
-    if intercept and hosted:
+    hosted_keys = ("require", "deny_if", "limits")
+    has_rules = any("rules" in e for e in entries)
+    hosted = "all_tools" in data or any(k in e for e in entries for k in hosted_keys)
+    if has_rules and hosted:
         raise PolicyError(
             ["tools: mixes Intercept fields (rules) with PolicyLayer JSON fields (require, deny_if, limits)"]
         )
-    if intercept or (not hosted and "default" not in data):
-        return "intercept-yaml"  # the hosted format requires `default`; Intercept makes it optional
-    return "policylayer-json"
+    if has_rules or "description" in data or "approvals" in data:
+        return "intercept-yaml"
+    if hosted:
+        return "policylayer-json"
+    if any(k not in hosted_keys for e in entries for k in e):
+        return "intercept-yaml"  # most likely a misspelt `rules`; Intercept's checks will name it
+    if "default" in data:
+        return "policylayer-json"  # with `default` set and only `{}` tools, both formats mean the same
+    # Hosted JSON requires `default`; Intercept reads its absence as "allow". Refuse rather than guess.
+    raise PolicyError(
+        [
+            'default: required, "allow" or "deny" (without it this policy could be PolicyLayer JSON, '
+            "where it is required, or Intercept YAML, where it means allow)"
+        ]
+    )
 
 
 def compile_policy(data: Mapping[str, Any]) -> CompiledPolicy:
