@@ -5,25 +5,67 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import signal
 import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp_types as types
 import uvicorn
+from aiohttp import web
 from mcp.shared.message import SessionMessage
 
+from proxy.approvals import ApprovalChannel, Broker, ClickResult
+from proxy.approvers import ApproverDirectory
+from proxy.audit import AuditLog
 from proxy.auth import BearerAuth, IdentityTable
-from proxy.config import Config, ConfigError
+from proxy.config import Config, ConfigError, SlackConfig
 from proxy.control import ControlServer
 from proxy.gateway import Gateway
 from proxy.metrics import Metrics
 from proxy.naming import Names
 from proxy.pipeline import Pipeline
+from proxy.policies import PolicySet
+from proxy.ratelimit import MemoryRateLimiter
+from proxy.sessions import Downstream
+from proxy.store import Approval, AuditRecord, Store
 from proxy.upstreams import Upstream
+from proxy.webui import ApprovalsApi, WebChannel
 
 log = logging.getLogger("signoff")
+
+
+class StartupError(Exception):
+    """The gateway cannot start (a port is taken, a channel cannot connect, …)."""
+
+
+@dataclass
+class ChannelHost:
+    """What an approval-channel plugin (such as the Slack bot) gets from the gateway."""
+
+    decide: Callable[[str, bool, str, str | None], Awaitable[ClickResult]]
+    directory: ApproverDirectory
+    control_app: web.Application
+    store: Store
+    metrics: Metrics
+    audit_event: Callable[[str, Approval, str, str | None], None]
+
+
+def load_channel_plugin(name: str) -> Callable[[Any, ChannelHost], Any]:
+    """Find an approval channel by entry point (group `signoff.channels`); `proxy` never imports `bot`."""
+    for ep in entry_points(group="signoff.channels"):
+        if ep.name == name:
+            return ep.load()
+    raise StartupError(
+        f"no approval channel plugin named {name!r} is installed (entry point signoff.channels)"
+    )
 
 
 class _Uvicorn(uvicorn.Server):
@@ -39,6 +81,8 @@ class App:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.instance = uuid.uuid4().hex
+        self.replica = config.replica or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
         self.identities = IdentityTable.from_config(config.identities, config.stdio_identity)
         self.upstreams = {
@@ -46,27 +90,117 @@ class App:
             for name, cfg in config.upstreams.items()
         }
         self.names = Names(list(self.upstreams), config.tool_separator, config.prefixed)
-        self.pipeline = Pipeline(self.metrics)
+        self.policies = PolicySet(config, self.names)
+        self._check_approver_groups()
+        self.store = Store(config.database_url)
+        self.audit = (
+            AuditLog(self.store, self.metrics, config.audit.flush_interval, config.audit.batch_size)
+            if config.audit.enabled
+            else None
+        )
+        self.directory = ApproverDirectory(config.approvers)
+        self.control = ControlServer(
+            config.control.host, config.control.port, self.readiness, self.render_metrics
+        )
+        self.admin_token = config.control.admin_token or self._generated_admin_token()
+        self.channel: ApprovalChannel = WebChannel(self.page_url())
+        if config.slack is not None:
+            self.channel = self._slack_channel(config.slack)
+        self.broker = Broker(
+            self.store,
+            self.channel,
+            self.directory,
+            instance=self.instance,
+            replica=self.replica,
+            progress_interval=config.approvals.progress_interval,
+            on_event=self.audit_event,
+        )
+        self.pipeline = Pipeline(
+            self.policies,
+            MemoryRateLimiter(),
+            self.broker,
+            self.audit,
+            self.metrics,
+            replica=self.replica,
+            max_argument_bytes=config.max_argument_bytes,
+            audit_fail_closed=config.audit.fail_closed,
+        )
         self.gateway = Gateway(
             self.upstreams,
             self.names,
             self.pipeline,
+            is_hidden=self.policies.is_hidden,
             stdio_identity=self.identities.stdio,
             max_argument_bytes=config.max_argument_bytes,
         )
-        self.control = ControlServer(
-            config.control.host, config.control.port, self.readiness, self.render_metrics
-        )
+        self.gateway.on_session_close.append(self._session_closed)
+        self.policies.on_change.append(self._policy_changed)
+        ApprovalsApi(self.control.app, self.store, self.broker, self.admin_token)
         self._http: _Uvicorn | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
         self.stopping = asyncio.Event()
+        self.listen_port = config.listen.port
+
+    def _check_approver_groups(self) -> None:
+        missing = sorted(self.policies.approver_groups() - set(self.config.approvers))
+        if missing:
+            raise ConfigError(
+                [
+                    f"approvers: the policy names approver group {name!r}, which is not defined"
+                    for name in missing
+                ]
+            )
+
+    def _generated_admin_token(self) -> str:
+        """No admin token configured: make one, keep it beside the database for `signoff approvals`."""
+        token = secrets.token_urlsafe(24)
+        path = admin_token_path(self.config)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(token)
+        return token
+
+    def _slack_channel(self, cfg: SlackConfig) -> ApprovalChannel:
+        factory = load_channel_plugin("slack")
+        host = ChannelHost(
+            decide=lambda *a: self.broker.decide(*a),
+            directory=self.directory,
+            control_app=self.control.app,
+            store=self.store,
+            metrics=self.metrics,
+            audit_event=self.audit_event,
+        )
+        return factory(cfg, host)
+
+    def page_url(self) -> str:
+        c = self.config.control
+        return f"http://{c.host}:{c.port}/approvals"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect upstreams and open the control port."""
+        """Open the database, recover approvals, connect upstreams and channels, open the control port."""
+        await self.store.open()
+        await self.store.heartbeat(self.instance, self.replica)
+        live = await self.store.live_instances(self.config.approvals.heartbeat_timeout)
+        await self.broker.start(live)
+        if self.audit is not None:
+            self.audit.start()
+        self.policies.start()
         for up in self.upstreams.values():
             up.shared.start()
         await self.control.start()
+        start = getattr(self.channel, "start", None)
+        if start is not None:
+            try:
+                await start()
+            except Exception as e:
+                raise StartupError(f"the approval channel could not start: {e}") from e
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        log.info("approvals page: %s#token=%s", self.page_url(), self.admin_token)
         # Give upstreams a moment so the first client sees their capabilities and tools.
         timeout = max(up.config.connect_timeout for up in self.upstreams.values())
         await asyncio.gather(*(up.shared.wait_ready(timeout) for up in self.upstreams.values()))
@@ -78,10 +212,76 @@ class App:
                 log.error("upstream %s is not available yet: %s", up.name, up.shared.unavailable_reason())
 
     async def stop(self) -> None:
-        """Close everything in reverse order; safe to call twice."""
+        """Withdraw held calls, flush the audit log, close everything."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.broker.stop()
+        stop = getattr(self.channel, "stop", None)
+        if stop is not None:
+            with contextlib.suppress(Exception):
+                await stop()
+        await self.policies.stop()
+        if self.audit is not None:
+            await self.audit.stop()
         await self.control.stop()
         for up in self.upstreams.values():
             await up.shared.close()
+        with contextlib.suppress(Exception):
+            await self.store.forget_instance(self.instance)
+        await self.store.close()
+
+    async def _housekeeping(self) -> None:
+        """Heartbeat, sweep overdue/orphaned approvals, and (SQLite) poll for decisions made elsewhere."""
+        tick = 0
+        while True:
+            await asyncio.sleep(0.25)
+            tick += 1
+            try:
+                if self.store.is_sqlite:
+                    await self.broker.poll_decisions()
+                if tick % 8 == 0:
+                    await self.store.heartbeat(self.instance, self.replica)
+                if tick % 20 == 0:
+                    live = await self.store.live_instances(self.config.approvals.heartbeat_timeout)
+                    await self.broker.sweep(live)
+                    self.metrics.pending_approvals.set(len(self.broker.held))
+            except Exception as e:
+                log.warning("housekeeping failed (will retry): %s", e)
+
+    async def _session_closed(self, down: Downstream) -> None:
+        for approval_id, held in list(self.broker.held.items()):
+            if held.approval.session_id == down.id:
+                await self.broker.withdraw(approval_id, "the agent disconnected")
+
+    def _policy_changed(self) -> None:
+        self.gateway._background(self.gateway.notify_tools_changed())
+
+    def audit_event(self, event: str, approval: Approval, user: str, detail: str | None) -> None:
+        """Audit a click that changed nothing (not an approver, self-approval, too late)."""
+        if self.audit is None:
+            return
+        self.audit.record(
+            AuditRecord(
+                call_id=approval.id,
+                identity=approval.identity,
+                session_id=approval.session_id,
+                client_name=approval.client_name,
+                upstream=approval.upstream,
+                tool=approval.tool,
+                arguments={},
+                decision=event,
+                rule=approval.rule,
+                approval_id=approval.id,
+                approvers=user,
+                reason=detail,
+                outcome="ignored",
+                replica=self.replica,
+                policy_revision=approval.policy_revision,
+            )
+        )
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,7 +300,7 @@ class App:
             host=listen.host,
             max_request_body_size=self.config.max_argument_bytes + 64 * 1024,
         )
-        return BearerAuth(starlette, self.identities), starlette
+        return BearerAuth(starlette, self.identities)
 
     def bind_http(self) -> socket.socket:
         """Open the agent-facing socket now, so a taken port fails at start with a clear message."""
@@ -111,8 +311,8 @@ class App:
             sock.bind((listen.host, listen.port))
         except OSError as e:
             sock.close()
-            raise ConfigError(
-                [f"listen: cannot listen on {listen.host}:{listen.port}: {e.strerror}"]
+            raise StartupError(
+                f"listen: cannot listen on {listen.host}:{listen.port}: {e.strerror}"
             ) from None
         sock.listen(2048)
         sock.setblocking(False)
@@ -121,8 +321,9 @@ class App:
 
     async def serve_http(self, sock: socket.socket) -> None:
         """Serve the HTTP front until a signal or `stopping` is set."""
-        app, starlette = self.http_app()
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=3)
+        config = uvicorn.Config(
+            self.http_app(), log_level="warning", lifespan="off", timeout_graceful_shutdown=3
+        )
         self._http = _Uvicorn(config)
         # The SDK's session manager normally runs from Starlette's lifespan; we run it ourselves so
         # that it lives exactly as long as the server task.
@@ -133,7 +334,6 @@ class App:
             self._http.should_exit = True
             await task
             stop.cancel()
-        _ = starlette
 
     async def serve_stdio(self) -> None:
         """Serve one client over stdin/stdout until it disconnects or a signal arrives."""
@@ -163,7 +363,19 @@ class App:
         for name, up in self.upstreams.items():
             self.metrics.upstream_up.labels(name).set(1 if up.shared.state == "up" else 0)
             self.metrics.upstream_restarts.labels(name).set(up.shared.restarts)
+        self.metrics.pending_approvals.set(len(self.broker.held))
         return self.metrics.render()
+
+
+def admin_token_path(config: Config) -> Path | None:
+    """Where a generated admin token is kept: beside the SQLite file (none for other databases)."""
+    url = config.database_url
+    if not url.startswith("sqlite") or ":memory:" in url:
+        return None
+    db = Path(url.split("///", 1)[-1])
+    if not db.is_absolute():
+        db = config.base_dir / db
+    return db.with_name(db.name + ".admin-token")
 
 
 @contextlib.asynccontextmanager
@@ -197,8 +409,8 @@ async def run(config: Config, *, stdio: bool) -> None:
     app = App(config)
     app.install_signal_handlers()
     sock = None if stdio else app.bind_http()
-    await app.start()
     try:
+        await app.start()
         if sock is None:
             await app.serve_stdio()
         else:

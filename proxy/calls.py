@@ -31,6 +31,7 @@ class ToolCall:
     meta: dict[str, Any] = field(default_factory=dict)
     progress: ProgressFn | None = None  # None when the client asked for no progress
     tool_info: dict[str, Any] | None = None  # the upstream's Tool (description, annotations, schemas)
+    known: bool = True  # False: the upstream does not list this tool
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.monotonic)
 

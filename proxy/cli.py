@@ -31,7 +31,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from proxy.app import run
+    from proxy.app import StartupError, run
 
     config = _load(args.config)
     try:
@@ -39,6 +39,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"signoff: {e}", file=sys.stderr)
         return 2
+    except StartupError as e:
+        print(f"signoff: cannot start: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -151,6 +151,13 @@ def _upstream_name(name: str) -> str:
 UpstreamName = Annotated[str, AfterValidator(_upstream_name)]
 
 
+class ApprovalsConfig(_Model):
+    # How often a held call reports progress ("waiting for approval in #ops (9m left)") to its client.
+    progress_interval: Duration = 5.0
+    # Seconds after which another process's missing heartbeat means its held calls died with it.
+    heartbeat_timeout: Duration = 10.0
+
+
 class Config(_Model):
     """The whole configuration file."""
 
@@ -166,6 +173,7 @@ class Config(_Model):
     stdio_identity: str | None = None
     approvers: dict[str, ApproverGroupConfig] = Field(default_factory=dict)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     max_argument_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
     replica: str | None = None
 

@@ -196,16 +196,14 @@ class Gateway:
         arguments = raw.get("arguments")
         down = self.session(ctx)
         resolved = self.names.resolve(public)
-        if resolved is None:
-            raise _unknown_tool(public)
-        up = self.upstreams[resolved[0]]
+        up = self.upstreams[resolved[0]] if resolved is not None else None
         meta = raw.get("_meta") or {}
         call = ToolCall(
             identity=down.identity,
             session_id=down.id,
             client_name=down.client_name,
-            upstream=up.name,
-            tool=resolved[1],
+            upstream=up.name if up is not None else "",
+            tool=resolved[1] if resolved is not None else public,
             public_name=public,
             arguments=arguments if isinstance(arguments, dict) else {},
             meta={k: v for k, v in meta.items() if k != "progressToken"},
@@ -213,11 +211,14 @@ class Gateway:
             tool_info=None,
         )
         try:
+            if up is None:
+                raise UnknownTool(public)
             call.tool_info = await self._tool_info(down, up, call.tool)
         except UnknownTool:
-            raise _unknown_tool(public) from None
+            call.known = False  # still goes through the pipeline: every call is audited
 
         async def forward(c: ToolCall) -> dict[str, Any]:
+            assert up is not None
             params: dict[str, Any] = {"name": c.tool, "arguments": c.arguments}
             if c.meta:
                 params["_meta"] = c.meta

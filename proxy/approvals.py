@@ -1,0 +1,415 @@
+"""The approval broker: pause a call, let humans decide exactly once, resume or refuse it.
+
+The database row is the truth. Every decision — a click, a timeout, a withdrawal, a restart —
+is one atomic `UPDATE … WHERE status = 'pending'`; only its winner touches the waiter and the
+channel. The broker knows nothing about Slack: it talks to an `ApprovalChannel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from proxy.calls import ToolCall
+from proxy.policy import ApprovalSpec, Decision
+from proxy.redact import redact
+from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Store, utcnow
+
+log = logging.getLogger("signoff.approvals")
+
+
+class ApprovalChannel(Protocol):
+    """Where approval requests are shown to humans (Slack, the approvals page, …)."""
+
+    def where(self, approval: Approval) -> str:
+        """A short place name for progress messages: `#ops`, `the approvals page`."""
+        ...
+
+    async def post(self, approval: Approval) -> tuple[str, str] | None:
+        """Show a new request; returns (channel, message id) for later updates. Raises if it cannot."""
+        ...
+
+    async def update(self, approval: Approval, voters: list[str]) -> None:
+        """Re-render a request after a vote or its final decision."""
+        ...
+
+    async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
+        """Report what happened when an approved call ran."""
+        ...
+
+
+class Approvers(Protocol):
+    async def is_approver(self, group: str | None, user: str) -> bool:
+        """Whether `user` may decide requests of approver group `group` (None: anyone who sees it)."""
+        ...
+
+
+class ApprovalUnavailable(Exception):
+    """The request could not be shown to any human; the call fails closed."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a held request ended, as the pipeline needs to know it."""
+
+    status: str  # approved / denied / expired / withdrawn / pending (pending mode, not yet decided)
+    approval: Approval
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ClickResult:
+    """What a decider is told after a click (ephemeral in Slack, a banner on the page)."""
+
+    accepted: bool
+    status: str
+    message: str
+    refused: bool = False  # the clicker may not decide this request (audited)
+
+
+def arguments_hash(arguments: Any) -> str:
+    """A stable hash of the exact arguments (key order does not matter)."""
+    return hashlib.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class HeldCall:
+    """A paused tool call: resumed, refused or killed exactly once, whoever gets there first."""
+
+    def __init__(self, approval: Approval) -> None:
+        self.approval = approval
+        self.future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def settle(self, status: str) -> None:
+        if not self.future.done():
+            self.future.set_result(status)
+
+    async def wait(self, report: Callable[[float], Awaitable[None]] | None, every: float) -> str:
+        """Wait for the decision, calling `report(seconds_waited)` every `every` seconds."""
+        started = time.monotonic()
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(self.future), every)
+            except TimeoutError:
+                if report is not None:
+                    with contextlib.suppress(Exception):
+                        await report(time.monotonic() - started)
+
+
+class Broker:
+    """Creates approval requests, records decisions atomically, and wakes the calls that wait."""
+
+    def __init__(
+        self,
+        store: Store,
+        channel: ApprovalChannel,
+        approvers: Approvers,
+        *,
+        instance: str,
+        replica: str,
+        progress_interval: float = 5.0,
+        on_event: Callable[[str, Approval, str, str | None], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.channel = channel
+        self.approvers = approvers
+        self.instance = instance
+        self.replica = replica
+        self.progress_interval = progress_interval
+        self.on_event = on_event  # (event, approval, user, detail) -> audit of refused/late clicks
+        self.held: dict[str, HeldCall] = {}
+        self.scheduler = AsyncIOScheduler(job_defaults={"misfire_grace_time": None, "coalesce": True})
+        self._poll_since = utcnow()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, live_instances: list[str]) -> None:
+        """Start timers; expire overdue requests and withdraw ones whose waiting call died."""
+        self.scheduler.start()
+        await self.sweep(live_instances)
+        for approval_id, expires_at in await self.store.pending_ids():
+            self._schedule_expiry(approval_id, expires_at)
+
+    async def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        for held in list(self.held.values()):
+            await self.withdraw(held.approval.id, "the gateway shut down")
+
+    async def sweep(self, live_instances: list[str]) -> None:
+        """Expire overdue requests; withdraw held ones whose process is gone (safe on every replica)."""
+        for approval_id in await self.store.expire_overdue():
+            await self._finished(approval_id, EXPIRED)
+        orphans = await self.store.withdraw_orphans(
+            [*live_instances, self.instance], "the gateway holding the call restarted"
+        )
+        for approval_id in orphans:
+            await self._finished(approval_id, WITHDRAWN)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def request(self, call: ToolCall, decision: Decision, risk: str, revision: str) -> Approval:
+        """Store a pending request, register its waiter, then show it to humans.
+
+        The row and the waiter exist before anything is posted, so even an instant click finds them.
+        """
+        spec = decision.approval or ApprovalSpec(None, None, 600.0, 1, "hold", False)
+        now = utcnow()
+        approval = Approval(
+            id="apr_" + secrets.token_hex(8),
+            mode=spec.mode,
+            identity=call.identity.name,
+            acts_for=call.identity.slack_user,
+            session_id=call.session_id,
+            client_name=call.client_name,
+            upstream=call.upstream,
+            tool=call.public_name,
+            arguments=redact(call.arguments),
+            args_hash=arguments_hash(call.arguments),
+            risk=risk,
+            rule=decision.rule,
+            rule_reason=decision.reason,
+            approvers=spec.approvers,
+            channel=spec.channel,
+            quorum=spec.quorum,
+            allow_self_approval=spec.allow_self_approval,
+            policy_revision=revision,
+            created_at=now,
+            expires_at=now + timedelta(seconds=spec.timeout),
+            holder=self.instance if spec.mode == "hold" else "",
+            replica=self.replica,
+        )
+        await self.store.add_approval(approval)
+        if spec.mode == "hold":
+            self.held[approval.id] = HeldCall(approval)
+        self._schedule_expiry(approval.id, approval.expires_at)
+        try:
+            ref = await self.channel.post(approval)
+        except Exception as e:
+            log.error("could not post approval %s: %s", approval.id, e)
+            self.held.pop(approval.id, None)
+            self._unschedule(approval.id)
+            await self.store.transition(
+                approval.id,
+                PENDING,
+                WITHDRAWN,
+                decided_at=utcnow(),
+                decided_by="(channel)",
+                decision_reason=f"could not be posted: {e}",
+            )
+            raise ApprovalUnavailable(str(e)) from e
+        if ref is not None:
+            approval.message_channel, approval.message_ts = ref
+            await self.store.set_fields(approval.id, message_channel=ref[0], message_ts=ref[1])
+        return approval
+
+    async def wait(
+        self, approval: Approval, report: Callable[[float, str], Awaitable[None]] | None
+    ) -> Outcome:
+        """Hold the caller until a decision; a cancelled caller withdraws its request."""
+        held = self.held.get(approval.id)
+        if held is None:  # decided (or withdrawn) before we got here
+            row = await self.store.approval(approval.id)
+            return Outcome(
+                row.status if row else WITHDRAWN, row or approval, row.decision_reason if row else None
+            )
+        where = self.channel.where(approval)
+
+        async def progress(waited: float) -> None:
+            if report is not None:
+                left = max(0.0, (approval.expires_at - utcnow()).total_seconds())
+                await report(waited, f"waiting for approval in {where} ({_human(left)} left)")
+
+        try:
+            status = await held.wait(progress, self.progress_interval)
+        except asyncio.CancelledError:
+            self.held.pop(approval.id, None)
+            # Shielded: the withdrawal must land even though our caller is being cancelled.
+            await asyncio.shield(self.withdraw(approval.id, "the agent cancelled the call"))
+            raise
+        finally:
+            self.held.pop(approval.id, None)
+        row = await self.store.approval(approval.id) or approval
+        return Outcome(status, row, row.decision_reason)
+
+    async def claim(self, approval: Approval) -> bool:
+        """Take an approved request for execution; True exactly once per approval."""
+        won = await self.store.transition(approval.id, APPROVED, EXECUTED, executed_at=utcnow())
+        return won
+
+    async def lookup_pending_mode(self, call: ToolCall) -> Approval | None:
+        """Pending mode's call-again: the latest request for the same identity, tool and exact arguments."""
+        return await self.store.latest_for(
+            call.identity.name, call.public_name, arguments_hash(call.arguments)
+        )
+
+    async def mark_reported(self, approval: Approval) -> None:
+        await self.store.set_fields(approval.id, reported=True)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    async def decide(
+        self, approval_id: str, approve: bool, user: str, reason: str | None = None
+    ) -> ClickResult:
+        """A human's click. The first valid decision wins; everything else changes nothing."""
+        approval = await self.store.approval(approval_id)
+        if approval is None:
+            return ClickResult(False, "unknown", f"There is no approval request {approval_id}.")
+        if approval.status != PENDING:
+            self._event("late_click", approval, user, approval.status)
+            return ClickResult(False, approval.status, already_decided(approval))
+        if not await self.approvers.is_approver(approval.approvers, user):
+            self._event("refused_click", approval, user, "not an approver")
+            return ClickResult(
+                False,
+                PENDING,
+                f"You are not an approver for this request (approver group: {approval.approvers}).",
+                refused=True,
+            )
+        if not approval.allow_self_approval and approval.acts_for and user == approval.acts_for:
+            self._event("refused_click", approval, user, "self-approval")
+            return ClickResult(
+                False, PENDING, "You cannot decide a call that an agent made on your behalf.", refused=True
+            )
+        now = utcnow()
+        if approve:
+            count = await self.store.add_vote(approval_id, user)
+            if count is None:
+                return ClickResult(False, PENDING, "You have already approved this request.")
+            voters = await self.store.voters(approval_id)
+            if count < approval.quorum:
+                await self._update_channel(approval, voters)
+                return ClickResult(True, PENDING, f"Approval recorded: {count} of {approval.quorum}.")
+            won = await self.store.transition(
+                approval_id, PENDING, APPROVED, decided_at=now, decided_by=",".join(voters)
+            )
+            status = APPROVED
+        else:
+            won = await self.store.transition(
+                approval_id, PENDING, DENIED, decided_at=now, decided_by=user, decision_reason=reason
+            )
+            status = DENIED
+        if not won:
+            current = await self.store.approval(approval_id) or approval
+            self._event("late_click", current, user, current.status)
+            return ClickResult(False, current.status, already_decided(current))
+        await self._finished(approval_id, status)
+        return ClickResult(True, status, "Approved." if approve else "Denied.")
+
+    async def expire(self, approval_id: str) -> None:
+        """The timer fired: expire the request if it is still pending."""
+        if await self.store.transition(
+            approval_id, PENDING, EXPIRED, decided_at=utcnow(), decided_by="(timeout)"
+        ):
+            await self._finished(approval_id, EXPIRED)
+
+    async def withdraw(self, approval_id: str, reason: str) -> None:
+        """The caller went away: nothing will run, even if someone approves later."""
+        # An approved-but-not-yet-run hold request is withdrawn too: its caller is gone.
+        if await self.store.transition(
+            approval_id,
+            [PENDING, APPROVED],
+            WITHDRAWN,
+            decided_at=utcnow(),
+            decided_by="(agent)",
+            decision_reason=reason,
+        ):
+            await self._finished(approval_id, WITHDRAWN)
+
+    async def report_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
+        """After an approved call ran: record and announce what happened."""
+        await self.store.set_fields(approval.id, outcome=outcome)
+        try:
+            await self.channel.post_outcome(approval, outcome, detail)
+        except Exception as e:
+            log.warning("could not post the outcome of %s: %s", approval.id, e)
+
+    async def wake(self, approval_id: str) -> None:
+        """Another process decided `approval_id`: wake our waiter if we hold it."""
+        held = self.held.get(approval_id)
+        if held is not None:
+            row = await self.store.approval(approval_id)
+            if row is not None and row.status != PENDING:
+                self._unschedule(approval_id)
+                held.settle(row.status)
+
+    async def poll_decisions(self) -> None:
+        """SQLite's cross-process wake-up: look for decisions on requests this process holds."""
+        if not self.held:
+            self._poll_since = utcnow()
+            return
+        since, self._poll_since = self._poll_since - timedelta(seconds=1), utcnow()
+        for approval_id, status in await self.store.decided_since(self.instance, since):
+            held = self.held.get(approval_id)
+            if held is not None and status != PENDING:
+                self._unschedule(approval_id)
+                held.settle(status)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _finished(self, approval_id: str, status: str) -> None:
+        """We won the decision: wake the waiter, stop the timer, rewrite the message."""
+        self._unschedule(approval_id)
+        held = self.held.get(approval_id)
+        if held is not None:
+            held.settle(status)
+        approval = await self.store.approval(approval_id)
+        if approval is not None:
+            await self._update_channel(approval, await self.store.voters(approval_id))
+
+    async def _update_channel(self, approval: Approval, voters: list[str]) -> None:
+        try:
+            await self.channel.update(approval, voters)
+        except Exception as e:
+            log.warning("could not update the message of %s: %s", approval.id, e)
+
+    def _schedule_expiry(self, approval_id: str, expires_at: datetime) -> None:
+        self.scheduler.add_job(
+            self.expire,
+            "date",
+            run_date=expires_at,
+            args=[approval_id],
+            id=approval_id,
+            replace_existing=True,
+        )
+
+    def _unschedule(self, approval_id: str) -> None:
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.remove_job(approval_id)
+
+    def _event(self, event: str, approval: Approval, user: str, detail: str | None) -> None:
+        if self.on_event is not None:
+            self.on_event(event, approval, user, detail)
+
+
+def already_decided(approval: Approval) -> str:
+    """The "too late" message for a click on a request that is no longer pending."""
+    by = approval.decided_by or "someone"
+    return {
+        APPROVED: f"Already approved by {by}.",
+        EXECUTED: f"Already approved by {by} and run.",
+        DENIED: f"Already denied by {by}.",
+        EXPIRED: "This request expired before anyone decided; the call was denied.",
+        WITHDRAWN: f"Withdrawn: {approval.decision_reason or 'the agent cancelled'}. Nothing will run.",
+    }.get(approval.status, f"Already decided ({approval.status}).")
+
+
+def _human(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"

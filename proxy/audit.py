@@ -1,0 +1,83 @@
+"""The audit log: one record per tools/call, written in batches off the call path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from proxy.metrics import Metrics
+from proxy.store import AuditRecord, Store
+
+log = logging.getLogger("signoff.audit")
+
+
+class AuditLog:
+    """Buffers records and writes them every `interval` seconds (or `batch` records); flushes on stop.
+
+    A failed write keeps the batch and retries it, so a database outage delays records but does
+    not lose them; `healthy` turns False meanwhile (calls fail closed on it if so configured).
+    """
+
+    def __init__(self, store: Store, metrics: Metrics, interval: float = 0.2, batch: int = 500) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.interval = interval
+        self.batch = batch
+        self.healthy = True
+        self._buffer: deque[AuditRecord] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def record(self, rec: AuditRecord) -> None:
+        """Queue a record; never blocks."""
+        self._buffer.append(rec)
+        if len(self._buffer) >= self.batch:
+            self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._buffer)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything queued so far (in batches)."""
+        async with self._lock:
+            while self._buffer:
+                batch = [self._buffer.popleft() for _ in range(min(self.batch, len(self._buffer)))]
+                try:
+                    await self.store.write_audit(batch)
+                except Exception as e:
+                    self._buffer.extendleft(reversed(batch))
+                    if self.healthy:
+                        log.error("cannot write audit records (%d waiting): %s", len(self._buffer), e)
+                    self.healthy = False
+                    self.metrics.audit_dropped.inc()
+                    return
+                if not self.healthy:
+                    log.warning("audit log writable again")
+                self.healthy = True
+
+    async def stop(self) -> None:
+        """Stop the writer and flush what is left (retrying briefly if the database is busy)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _ in range(20):
+            await self.flush()
+            if not self._buffer:
+                return
+            await asyncio.sleep(0.25)
+        log.error("audit: %d records could not be written before shutdown", len(self._buffer))

@@ -1,0 +1,336 @@
+"""The database: approvals, their votes, the audit log, and replica heartbeats (SQLModel, async).
+
+SQLite (WAL) by default; PostgreSQL (asyncpg) when several replicas share state. Every decision
+is an `UPDATE … WHERE status = 'pending'`, so the first one wins whatever process makes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, event, func, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel import Field, SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+log = logging.getLogger("signoff.store")
+
+PENDING, APPROVED, DENIED, EXPIRED, WITHDRAWN, EXECUTED = (
+    "pending",
+    "approved",
+    "denied",
+    "expired",
+    "withdrawn",
+    "executed",
+)
+FINAL = (DENIED, EXPIRED, WITHDRAWN, EXECUTED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Approval(SQLModel, table=True):
+    """A call waiting for (or past) a human decision."""
+
+    id: str = Field(primary_key=True)
+    status: str = Field(default=PENDING, index=True)
+    mode: str = "hold"  # hold: the call waits; pending: the agent calls again after approval
+    identity: str = Field(index=True)
+    acts_for: str | None = None  # the Slack user the identity acts for (cannot self-approve)
+    session_id: str = ""
+    client_name: str | None = None
+    upstream: str = ""
+    tool: str = Field(index=True)  # public (namespaced) name
+    arguments: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )  # redacted
+    args_hash: str = Field(index=True)
+    risk: str = "write"
+    rule: str = ""
+    rule_reason: str | None = None
+    approvers: str | None = None  # approver group name
+    channel: str | None = None
+    quorum: int = 1
+    allow_self_approval: bool = False
+    policy_revision: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+    decided_at: datetime | None = Field(default=None, index=True)
+    decided_by: str | None = None
+    decision_reason: str | None = None
+    holder: str = Field(default="", index=True)  # process instance holding the waiting call (hold mode)
+    replica: str = ""  # replica name, for people
+    message_channel: str | None = None
+    message_ts: str | None = None
+    outcome: str | None = None  # after execution: ok / tool_error / upstream error text
+    executed_at: datetime | None = None
+    reported: bool = False  # pending mode: the agent has been told the final state
+
+
+class Vote(SQLModel, table=True):
+    """One approver's approve vote (quorum counts distinct approvers)."""
+
+    __table_args__ = (Index("ux_vote_approval_user", "approval_id", "user", unique=True),)
+    id: int | None = Field(default=None, primary_key=True)
+    approval_id: str = Field(index=True)
+    user: str
+    at: datetime = Field(default_factory=utcnow)
+
+
+class AuditRecord(SQLModel, table=True):
+    """One tools/call, whatever became of it."""
+
+    __tablename__ = "audit"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    call_id: str = Field(index=True)
+    identity: str = Field(index=True)
+    session_id: str = ""
+    client_name: str | None = None
+    upstream: str = ""
+    tool: str = Field(index=True)
+    arguments: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    decision: str = Field(index=True)  # allow / deny / require_approval / rate_limited / hidden / unknown
+    enforced: bool = True  # False in shadow mode
+    rule: str | None = None
+    approval_id: str | None = None
+    approvers: str | None = None  # who decided (comma separated)
+    reason: str | None = None
+    latency_ms: float = 0.0
+    outcome: str = ""  # ok / tool_error / denied / expired / upstream_unavailable / …
+    replica: str = ""
+    policy_revision: str = ""
+
+
+class Replica(SQLModel, table=True):
+    """A live gateway process (its heartbeat tells others whether its held calls still wait)."""
+
+    instance: str = Field(primary_key=True)
+    name: str = ""
+    started_at: datetime = Field(default_factory=utcnow)
+    seen_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Store:
+    """Async access to the tables; one per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.is_postgres = url.startswith("postgresql")
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+
+    async def open(self) -> None:
+        """Create the tables if they are missing (see README: schema changes are additive)."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(SQLModel.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    async def add_approval(self, row: Approval) -> None:
+        async with self.sessions() as s:
+            s.add(row)
+            await s.commit()
+
+    async def approval(self, approval_id: str) -> Approval | None:
+        async with self.sessions() as s:
+            return await s.get(Approval, approval_id)
+
+    async def approvals(
+        self, status: str | None = None, limit: int = 100, ids: Sequence[str] = ()
+    ) -> list[Approval]:
+        async with self.sessions() as s:
+            q = select(Approval).order_by(col(Approval.created_at).desc()).limit(limit)
+            if status is not None:
+                q = q.where(Approval.status == status)
+            if ids:
+                q = q.where(col(Approval.id).in_(list(ids)))
+            return list((await s.exec(q)).all())
+
+    async def transition(
+        self, approval_id: str, from_status: str | Sequence[str], to_status: str, **values: Any
+    ) -> bool:
+        """Atomically move an approval from one state to another; False if someone else moved it first."""
+        froms = [from_status] if isinstance(from_status, str) else list(from_status)
+        async with self.sessions() as s:
+            result = await s.exec(
+                update(Approval)
+                .where(col(Approval.id) == approval_id, col(Approval.status).in_(froms))
+                .values(status=to_status, **values)
+            )
+            if result.rowcount == 1 and self.is_postgres:
+                await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
+            await s.commit()
+            return result.rowcount == 1
+
+    async def set_fields(self, approval_id: str, **values: Any) -> None:
+        async with self.sessions() as s:
+            await s.exec(update(Approval).where(col(Approval.id) == approval_id).values(**values))
+            await s.commit()
+
+    async def add_vote(self, approval_id: str, user: str) -> int | None:
+        """Record an approve vote; returns the distinct approvers so far, or None if `user` already voted."""
+        async with self.sessions() as s:
+            existing = await s.exec(select(Vote).where(Vote.approval_id == approval_id, Vote.user == user))
+            if existing.first() is not None:
+                return None
+            s.add(Vote(approval_id=approval_id, user=user))
+            try:
+                await s.commit()
+            except Exception:  # the unique index: a concurrent double click
+                await s.rollback()
+                return None
+            count = await s.exec(
+                select(func.count()).select_from(Vote).where(Vote.approval_id == approval_id)
+            )
+            return int(count.one())
+
+    async def voters(self, approval_id: str) -> list[str]:
+        async with self.sessions() as s:
+            rows = await s.exec(
+                select(Vote.user).where(Vote.approval_id == approval_id).order_by(col(Vote.at))
+            )
+            return list(rows.all())
+
+    async def latest_for(self, identity: str, tool: str, args_hash: str) -> Approval | None:
+        """The newest approval for exactly this identity, tool and arguments (pending mode's call-again)."""
+        async with self.sessions() as s:
+            q = (
+                select(Approval)
+                .where(Approval.identity == identity, Approval.tool == tool, Approval.args_hash == args_hash)
+                .order_by(col(Approval.created_at).desc())
+                .limit(1)
+            )
+            return (await s.exec(q)).first()
+
+    async def expire_overdue(self, now: datetime | None = None) -> list[str]:
+        """Expire every pending approval past its deadline; returns the ids this call expired."""
+        now = now or utcnow()
+        async with self.sessions() as s:
+            rows = await s.exec(
+                update(Approval)
+                .where(col(Approval.status) == PENDING, col(Approval.expires_at) <= now)
+                .values(status=EXPIRED, decided_at=now, decided_by="(timeout)")
+                .returning(col(Approval.id))
+            )
+            ids = [r[0] for r in rows.all()]
+            if ids and self.is_postgres:
+                for approval_id in ids:
+                    await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
+            await s.commit()
+            return ids
+
+    async def withdraw_orphans(self, live_instances: Sequence[str], reason: str) -> list[str]:
+        """Withdraw held (hold-mode) pending approvals whose holding process is gone."""
+        now = utcnow()
+        async with self.sessions() as s:
+            rows = await s.exec(
+                update(Approval)
+                .where(
+                    col(Approval.status) == PENDING,
+                    col(Approval.mode) == "hold",
+                    col(Approval.holder).not_in(list(live_instances)),
+                )
+                .values(status=WITHDRAWN, decided_at=now, decided_by="(restart)", decision_reason=reason)
+                .returning(col(Approval.id))
+            )
+            ids = [r[0] for r in rows.all()]
+            await s.commit()
+            return ids
+
+    async def decided_since(self, holder: str, since: datetime) -> list[tuple[str, str]]:
+        """(id, status) of this holder's approvals decided since `since` (SQLite's cross-process wake-up)."""
+        async with self.sessions() as s:
+            rows = await s.exec(
+                select(Approval.id, Approval.status).where(
+                    Approval.holder == holder, col(Approval.decided_at) >= since
+                )
+            )
+            return [(r[0], r[1]) for r in rows.all()]
+
+    async def pending_ids(self) -> list[tuple[str, datetime]]:
+        async with self.sessions() as s:
+            rows = await s.exec(select(Approval.id, Approval.expires_at).where(Approval.status == PENDING))
+            return [(r[0], r[1]) for r in rows.all()]
+
+    # -- audit -------------------------------------------------------------------------------
+
+    async def write_audit(self, records: Sequence[AuditRecord]) -> None:
+        async with self.sessions() as s:
+            s.add_all(records)
+            await s.commit()
+
+    async def audit(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        identity: str | None = None,
+        tool: str | None = None,
+        decision: str | None = None,
+        outcome: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        async with self.sessions() as s:
+            q = select(AuditRecord)
+            if since is not None:
+                q = q.where(AuditRecord.at >= since)
+            if until is not None:
+                q = q.where(AuditRecord.at <= until)
+            if identity:
+                q = q.where(AuditRecord.identity == identity)
+            if tool:
+                q = q.where(col(AuditRecord.tool).like(tool.replace("*", "%")))
+            if decision:
+                q = q.where(AuditRecord.decision == decision)
+            if outcome:
+                q = q.where(AuditRecord.outcome == outcome)
+            q = q.order_by(col(AuditRecord.id).desc()).limit(limit)
+            return list(reversed((await s.exec(q)).all()))
+
+    # -- replicas ----------------------------------------------------------------------------
+
+    async def heartbeat(self, instance: str, name: str) -> None:
+        async with self.sessions() as s:
+            row = await s.get(Replica, instance)
+            if row is None:
+                s.add(Replica(instance=instance, name=name))
+            else:
+                row.seen_at = utcnow()
+                s.add(row)
+            await s.commit()
+
+    async def live_instances(self, stale_after: float) -> list[str]:
+        cutoff = utcnow() - timedelta(seconds=stale_after)
+        async with self.sessions() as s:
+            rows = await s.exec(select(Replica.instance).where(Replica.seen_at >= cutoff))
+            return list(rows.all())
+
+    async def forget_instance(self, instance: str) -> None:
+        async with self.sessions() as s:
+            row = await s.get(Replica, instance)
+            if row is not None:
+                await s.delete(row)
+                await s.commit()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+    cur = dbapi_conn.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000", "foreign_keys=ON"):
+        cur.execute(f"PRAGMA {pragma}")
+    cur.close()

@@ -1,0 +1,203 @@
+"""The embedded approval channel: a web page and JSON API on the control port (no Slack needed).
+
+`GET /approvals` serves the page; the API under `/api/` needs `Authorization: Bearer <admin token>`.
+The page keeps the token from its URL fragment (`#token=…`), which browsers never send to servers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from proxy.approvals import Broker
+from proxy.store import PENDING, Approval, AuditRecord, Store, utcnow
+
+log = logging.getLogger("signoff.web")
+
+
+class WebChannel:
+    """Approval requests shown on the approvals page; the page reads them from the database."""
+
+    def __init__(self, page_url: str) -> None:
+        self.page_url = page_url
+
+    def where(self, approval: Approval) -> str:
+        return "the approvals page"
+
+    async def post(self, approval: Approval) -> tuple[str, str] | None:
+        log.warning(
+            "approval %s: %s wants to run %s — decide at %s",
+            approval.id,
+            approval.identity,
+            approval.tool,
+            self.page_url,
+        )
+        return None
+
+    async def update(self, approval: Approval, voters: list[str]) -> None:
+        if approval.status != PENDING:
+            log.info("approval %s: %s (%s)", approval.id, approval.status, approval.decided_by or "-")
+
+    async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
+        log.info("approval %s ran: %s", approval.id, outcome)
+
+
+def approval_json(a: Approval, voters: list[str] | None = None) -> dict[str, Any]:
+    """The API's view of an approval (arguments are the redacted copy the store keeps)."""
+    left = max(0.0, (a.expires_at - utcnow()).total_seconds()) if a.status == PENDING else 0.0
+    return {
+        "id": a.id,
+        "status": a.status,
+        "mode": a.mode,
+        "tool": a.tool,
+        "upstream": a.upstream,
+        "identity": a.identity,
+        "actsFor": a.acts_for,
+        "client": a.client_name,
+        "risk": a.risk,
+        "rule": a.rule,
+        "ruleReason": a.rule_reason,
+        "arguments": a.arguments,
+        "approvers": a.approvers,
+        "quorum": a.quorum,
+        "votes": voters or [],
+        "createdAt": _iso(a.created_at),
+        "expiresAt": _iso(a.expires_at),
+        "secondsLeft": round(left, 1),
+        "decidedAt": _iso(a.decided_at),
+        "decidedBy": a.decided_by,
+        "reason": a.decision_reason,
+        "outcome": a.outcome,
+    }
+
+
+def audit_json(r: AuditRecord) -> dict[str, Any]:
+    return {
+        "at": _iso(r.at),
+        "callId": r.call_id,
+        "identity": r.identity,
+        "session": r.session_id,
+        "client": r.client_name,
+        "upstream": r.upstream,
+        "tool": r.tool,
+        "arguments": r.arguments,
+        "decision": r.decision,
+        "enforced": r.enforced,
+        "rule": r.rule,
+        "approvalId": r.approval_id,
+        "approvers": r.approvers,
+        "reason": r.reason,
+        "latencyMs": r.latency_ms,
+        "outcome": r.outcome,
+        "replica": r.replica,
+        "policyRevision": r.policy_revision,
+    }
+
+
+class ApprovalsApi:
+    """Routes for the page and `signoff approvals`; every API call checks the admin token."""
+
+    def __init__(self, app: web.Application, store: Store, broker: Broker, admin_token: str) -> None:
+        self.store = store
+        self.broker = broker
+        self.admin_token = admin_token
+        app.router.add_get("/approvals", self.page)
+        app.router.add_get("/api/approvals", self.list)
+        app.router.add_get("/api/approvals/{id}", self.get)
+        app.router.add_post("/api/approvals/{id}/decide", self.decide)
+        app.router.add_get("/api/audit", self.audit)
+
+    def _authorized(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not token or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            raise web.HTTPUnauthorized(
+                text='{"error": "admin token required"}',
+                content_type="application/json",
+                headers={"WWW-Authenticate": 'Bearer realm="signoff-admin"'},
+            )
+
+    async def page(self, _: web.Request) -> web.Response:
+        html = resources.files("proxy").joinpath("web/approvals.html").read_text()
+        return web.Response(
+            text=html,
+            content_type="text/html",
+            headers={
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; connect-src 'self'",
+                "X-Frame-Options": "DENY",
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store",
+            },
+        )
+
+    async def list(self, request: web.Request) -> web.Response:
+        self._authorized(request)
+        status = request.query.get("status", "pending")
+        limit = _int(request.query.get("limit"), 100)
+        rows = await self.store.approvals(None if status == "all" else status, limit=limit)
+        out = [approval_json(a, await self.store.voters(a.id) if a.quorum > 1 else None) for a in rows]
+        return web.json_response({"approvals": out})
+
+    async def get(self, request: web.Request) -> web.Response:
+        self._authorized(request)
+        a = await self.store.approval(request.match_info["id"])
+        if a is None:
+            raise web.HTTPNotFound(text='{"error": "no such approval"}', content_type="application/json")
+        return web.json_response(approval_json(a, await self.store.voters(a.id)))
+
+    async def decide(self, request: web.Request) -> web.Response:
+        self._authorized(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(
+                text='{"error": "the body must be JSON"}', content_type="application/json"
+            )
+        decision = body.get("decision") if isinstance(body, dict) else None
+        user = body.get("user") if isinstance(body, dict) else None
+        reason = (body.get("reason") or None) if isinstance(body, dict) else None
+        if decision not in ("approve", "deny") or not isinstance(user, str) or not user.strip():
+            raise web.HTTPBadRequest(
+                text='{"error": "give decision (approve|deny) and user"}', content_type="application/json"
+            )
+        if decision == "deny" and (not isinstance(reason, str) or not reason.strip()):
+            raise web.HTTPBadRequest(
+                text='{"error": "a denial needs a reason (it is shown to the agent)"}',
+                content_type="application/json",
+            )
+        result = await self.broker.decide(
+            request.match_info["id"], decision == "approve", user.strip(), reason
+        )
+        status = (
+            200 if result.accepted else 403 if result.refused else 404 if result.status == "unknown" else 409
+        )
+        return web.json_response(
+            {"accepted": result.accepted, "status": result.status, "message": result.message}, status=status
+        )
+
+    async def audit(self, request: web.Request) -> web.Response:
+        self._authorized(request)
+        rows = await self.store.audit(
+            limit=_int(request.query.get("limit"), 50),
+            identity=request.query.get("identity"),
+            tool=request.query.get("tool"),
+            decision=request.query.get("decision"),
+        )
+        return web.json_response({"records": [audit_json(r) for r in rows]})
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return max(1, min(int(value or default), 1000))
+    except ValueError:
+        return default
