@@ -34,7 +34,7 @@ class ApprovalChannel(Protocol):
     """Where approval requests are shown to humans (Slack, the approvals page, …)."""
 
     def where(self, approval: Approval) -> str:
-        """A short place name for progress messages: `#ops`, `the approvals page`."""
+        """Where the request waits, for progress messages: `in #ops`, `on the approvals page`."""
         ...
 
     async def post(self, approval: Approval) -> tuple[str, str] | None:
@@ -230,7 +230,7 @@ class Broker:
         async def progress(waited: float) -> None:
             if report is not None:
                 left = max(0.0, (approval.expires_at - utcnow()).total_seconds())
-                await report(waited, f"waiting for approval in {where} ({_human(left)} left)")
+                await report(waited, f"waiting for approval {where} ({_human(left)} left)")
 
         try:
             status = await held.wait(progress, self.progress_interval)

@@ -27,7 +27,7 @@ class WebChannel:
         self.page_url = page_url
 
     def where(self, approval: Approval) -> str:
-        return "the approvals page"
+        return "on the approvals page"
 
     async def post(self, approval: Approval) -> tuple[str, str] | None:
         log.warning(
