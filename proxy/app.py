@@ -184,9 +184,8 @@ class App:
     async def start(self) -> None:
         """Open the database, recover approvals, connect upstreams and channels, open the control port."""
         await self.store.open()
-        await self.store.heartbeat(self.instance, self.replica)
-        live = await self.store.live_instances(self.config.approvals.heartbeat_timeout)
-        await self.broker.start(live)
+        await self.store.heartbeat(self.instance, self.replica, socket.gethostname(), os.getpid())
+        await self.broker.start(await self.live_instances())
         if self.audit is not None:
             self.audit.start()
         self.policies.start()
@@ -245,11 +244,16 @@ class App:
                 if tick % 8 == 0:
                     await self.store.heartbeat(self.instance, self.replica)
                 if tick % 20 == 0:
-                    live = await self.store.live_instances(self.config.approvals.heartbeat_timeout)
-                    await self.broker.sweep(live)
+                    await self.broker.sweep(await self.live_instances())
                     self.metrics.pending_approvals.set(len(self.broker.held))
             except Exception as e:
                 log.warning("housekeeping failed (will retry): %s", e)
+
+    async def live_instances(self) -> list[str]:
+        """Processes that may still hold calls: a fresh heartbeat and, on this host, a live pid."""
+        host = socket.gethostname()
+        replicas = await self.store.live_replicas(self.config.approvals.heartbeat_timeout)
+        return [r.instance for r in replicas if r.host != host or r.pid == os.getpid() or _pid_alive(r.pid)]
 
     async def _session_closed(self, down: Downstream) -> None:
         for approval_id, held in list(self.broker.held.items()):
@@ -398,6 +402,18 @@ async def _answer_parse_errors(read: Any, write: Any) -> Any:
         yield receive
     finally:
         task.cancel()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def _ignore(*_: Any) -> None:

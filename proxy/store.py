@@ -111,6 +111,8 @@ class Replica(SQLModel, table=True):
 
     instance: str = Field(primary_key=True)
     name: str = ""
+    host: str = ""
+    pid: int = 0
     started_at: datetime = Field(default_factory=utcnow)
     seen_at: datetime = Field(default_factory=utcnow, index=True)
 
@@ -305,21 +307,21 @@ class Store:
 
     # -- replicas ----------------------------------------------------------------------------
 
-    async def heartbeat(self, instance: str, name: str) -> None:
+    async def heartbeat(self, instance: str, name: str, host: str = "", pid: int = 0) -> None:
         async with self.sessions() as s:
             row = await s.get(Replica, instance)
             if row is None:
-                s.add(Replica(instance=instance, name=name))
+                s.add(Replica(instance=instance, name=name, host=host, pid=pid))
             else:
                 row.seen_at = utcnow()
                 s.add(row)
             await s.commit()
 
-    async def live_instances(self, stale_after: float) -> list[str]:
+    async def live_replicas(self, stale_after: float) -> list[Replica]:
+        """Replicas whose heartbeat is fresher than `stale_after` seconds."""
         cutoff = utcnow() - timedelta(seconds=stale_after)
         async with self.sessions() as s:
-            rows = await s.exec(select(Replica.instance).where(Replica.seen_at >= cutoff))
-            return list(rows.all())
+            return list((await s.exec(select(Replica).where(Replica.seen_at >= cutoff))).all())
 
     async def forget_instance(self, instance: str) -> None:
         async with self.sessions() as s:

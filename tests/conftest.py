@@ -46,3 +46,80 @@ def http_echo(tmp_path: Path, exec_log: Path) -> Iterator[tuple[str, Proc]]:
         yield f"http://127.0.0.1:{port}/mcp", proc
     finally:
         proc.stop()
+
+
+ADMIN_TOKEN = "test-admin-token"
+DECISION = "dev.signoff/decision"
+
+
+class Admin:
+    """The approvals API of a running gateway, as the page and `signoff approvals` use it."""
+
+    def __init__(self, control_url: str, token: str = ADMIN_TOKEN) -> None:
+        self.base = control_url
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def pending(self, n: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Wait until at least `n` approvals are pending; return them (oldest first)."""
+        import asyncio
+
+        import httpx2
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with httpx2.AsyncClient(headers=self.headers) as http:
+            while True:
+                r = await http.get(self.base + "/api/approvals?status=pending")
+                items = r.json()["approvals"]
+                if len(items) >= n:
+                    return list(reversed(items))
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"{len(items)} pending approvals, wanted {n}")
+                await asyncio.sleep(0.05)
+
+    async def get(self, approval_id: str) -> dict[str, Any]:
+        import httpx2
+
+        async with httpx2.AsyncClient(headers=self.headers) as http:
+            return (await http.get(f"{self.base}/api/approvals/{approval_id}")).json()
+
+    async def decide(
+        self, approval_id: str, decision: str, user: str, reason: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        import httpx2
+
+        async with httpx2.AsyncClient(headers=self.headers, timeout=30) as http:
+            r = await http.post(
+                f"{self.base}/api/approvals/{approval_id}/decide",
+                json={"decision": decision, "user": user, "reason": reason},
+            )
+            return r.status_code, r.json()
+
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        import httpx2
+
+        async with httpx2.AsyncClient(headers=self.headers) as http:
+            return (await http.get(f"{self.base}/api/audit?limit={limit}")).json()["records"]
+
+    async def audit_for(self, predicate: Any, n: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Wait until `n` audit records match (audit is written in batches, off the call path)."""
+        import asyncio
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            found = [r for r in await self.audit(1000) if predicate(r)]
+            if len(found) >= n or asyncio.get_running_loop().time() > deadline:
+                return found
+            await asyncio.sleep(0.1)
+
+
+def gateway_config(exec_log: Path, policy: dict[str, Any] | str | None, **extra: Any) -> dict[str, Any]:
+    """A gateway in front of the echo fixture with `policy`, the admin token, fast progress."""
+    config: dict[str, Any] = {
+        "upstreams": {"echo": stdio_echo(exec_log)},
+        "control": {"host": "127.0.0.1", "port": free_port(), "admin_token": ADMIN_TOKEN},
+        "approvals": {"progress_interval": "0.5s"},
+        **extra,
+    }
+    if policy is not None:
+        config["policy"] = policy
+    return config
