@@ -245,6 +245,9 @@ class App:
                     await self.store.heartbeat(self.instance, self.replica)
                 if tick % 20 == 0:
                     await self.broker.sweep(await self.live_instances())
+                if tick % 120 == 0:
+                    for down in list(self.gateway.sessions):
+                        await down.reap_idle(self.config.private_link_idle)
                     self.metrics.pending_approvals.set(len(self.broker.held))
             except Exception as e:
                 log.warning("housekeeping failed (will retry): %s", e)

@@ -124,6 +124,9 @@ class SlackConfig(_Model):
     channel: str
     mode: Literal["socket", "http"] = "socket"
     api_url: str | None = None  # tests only: a fake Web API on 127.0.0.1
+    # Added for the Slack bot (issue 5): how long posting a request may take, retries included,
+    # before the call fails closed with approval_unavailable.
+    post_timeout: Duration = 10.0
 
     @model_validator(mode="after")
     def _mode_needs(self) -> SlackConfig:
@@ -175,6 +178,8 @@ class Config(_Model):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     max_argument_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    # A client session's private upstream connection closes after this long unused (see upstreams.sessions).
+    private_link_idle: Duration = 120.0
     replica: str | None = None
 
     # Where relative paths (policy files, stdio cwd) are resolved; set by `load_config`.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Downstream:
     inflight: dict[Any, tuple[str, ServerRequestContext[Any, Any]]] = field(default_factory=dict)
     subscriptions: set[tuple[str, str]] = field(default_factory=set)
     closed: bool = False
+    last_used: dict[str, float] = field(default_factory=dict)
     on_close: list[Callable[[Downstream], Awaitable[None]]] = field(default_factory=list)
 
     @classmethod
@@ -84,6 +86,7 @@ class Downstream:
         """The connection this session uses for `upstream`: its own when routing needs it, else shared."""
         link = self.links.get(upstream.name)
         if link is not None:
+            self.last_used[upstream.name] = time.monotonic()
             return link
         if not upstream.wants_private_link(self.capabilities):
             return upstream.shared
@@ -95,8 +98,22 @@ class Downstream:
         )
         link = upstream.private_link(hooks)
         self.links[upstream.name] = link
+        self.last_used[upstream.name] = time.monotonic()
         link.start()
         return link
+
+    async def reap_idle(self, max_idle: float) -> None:
+        """Close private links nobody used for `max_idle` seconds (reopened on next use).
+
+        Clients often leave without ending their session; without this a stdio upstream process
+        per forgotten session would live until the session's idle timeout.
+        """
+        now = time.monotonic()
+        busy = {name for name, _ in self.inflight.values()} | {name for name, _ in self.subscriptions}
+        for name in list(self.links):
+            if name not in busy and now - self.last_used.get(name, now) > max_idle:
+                link = self.links.pop(name)
+                await link.close()
 
     def _client_info(self) -> types.Implementation | None:
         params = self.connection.client_params
