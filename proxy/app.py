@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -31,10 +32,12 @@ from proxy.control import ControlServer
 from proxy.gateway import Gateway
 from proxy.metrics import Metrics
 from proxy.naming import Names
+from proxy.notify import PgListener
 from proxy.pipeline import Pipeline
 from proxy.policies import PolicySet
 from proxy.ratelimit import MemoryRateLimiter
 from proxy.sessions import Downstream
+from proxy.shared_limits import DatabaseRateLimiter
 from proxy.store import Approval, AuditRecord, Store
 from proxy.upstreams import Upstream
 from proxy.webui import ApprovalsApi, WebChannel
@@ -115,9 +118,15 @@ class App:
             progress_interval=config.approvals.progress_interval,
             on_event=self.audit_event,
         )
+        limiter = DatabaseRateLimiter(self.store) if self.store.is_postgres else MemoryRateLimiter()
+        self.listener = (
+            PgListener(config.database_url, self.broker.wake, self.broker.recheck_held)
+            if self.store.is_postgres
+            else None
+        )
         self.pipeline = Pipeline(
             self.policies,
-            MemoryRateLimiter(),
+            limiter,
             self.broker,
             self.audit,
             self.metrics,
@@ -140,6 +149,7 @@ class App:
         self._tasks: list[asyncio.Task[Any]] = []
         self.stopping = asyncio.Event()
         self.listen_port = config.listen.port
+        self.front = "http"
 
     def _check_approver_groups(self) -> None:
         missing = sorted(self.policies.approver_groups() - set(self.config.approvers))
@@ -183,8 +193,15 @@ class App:
 
     async def start(self) -> None:
         """Open the database, recover approvals, connect upstreams and channels, open the control port."""
-        await self.store.open()
-        await self.store.heartbeat(self.instance, self.replica, socket.gethostname(), os.getpid())
+        try:
+            await self.store.open()
+        except Exception as e:
+            raise StartupError(f"cannot open the database {_safe_url(self.config.database_url)}: {e}") from e
+        if self.store.is_sqlite and self.front == "http":
+            await self._refuse_second_sqlite_replica()
+        await self.store.heartbeat(self.instance, self.replica, socket.gethostname(), os.getpid(), self.front)
+        if self.listener is not None:
+            self.listener.start()
         await self.broker.start(await self.live_instances())
         if self.audit is not None:
             self.audit.start()
@@ -218,6 +235,8 @@ class App:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.broker.stop()
+        if self.listener is not None:
+            await self.listener.stop()
         stop = getattr(self.channel, "stop", None)
         if stop is not None:
             with contextlib.suppress(Exception):
@@ -242,7 +261,7 @@ class App:
                 if self.store.is_sqlite:
                     await self.broker.poll_decisions()
                 if tick % 8 == 0:
-                    await self.store.heartbeat(self.instance, self.replica)
+                    await self.store.heartbeat(self.instance, self.replica, front=self.front)
                 if tick % 20 == 0:
                     await self.broker.sweep(await self.live_instances())
                 if tick % 120 == 0:
@@ -251,6 +270,17 @@ class App:
                     self.metrics.pending_approvals.set(len(self.broker.held))
             except Exception as e:
                 log.warning("housekeeping failed (will retry): %s", e)
+
+    async def _refuse_second_sqlite_replica(self) -> None:
+        others = await self.store.live_replicas(self.config.approvals.heartbeat_timeout)
+        host = socket.gethostname()
+        for r in others:
+            if r.front == "http" and r.instance != self.instance and (r.host != host or _pid_alive(r.pid)):
+                raise StartupError(
+                    f"another gateway ({r.name}, pid {r.pid} on {r.host}) already serves HTTP on this SQLite "
+                    "database. SQLite supports one HTTP replica; point database_url at PostgreSQL "
+                    "(postgresql+asyncpg://…) to run several."
+                )
 
     async def live_instances(self) -> list[str]:
         """Processes that may still hold calls: a fresh heartbeat and, on this host, a live pid."""
@@ -407,6 +437,11 @@ async def _answer_parse_errors(read: Any, write: Any) -> Any:
         task.cancel()
 
 
+def _safe_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -426,6 +461,7 @@ async def _ignore(*_: Any) -> None:
 async def run(config: Config, *, stdio: bool) -> None:
     """Run a gateway until it is told to stop."""
     app = App(config)
+    app.front = "stdio" if stdio else "http"
     app.install_signal_handlers()
     sock = None if stdio else app.bind_http()
     try:

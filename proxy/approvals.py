@@ -345,6 +345,14 @@ class Broker:
                 self._unschedule(approval_id)
                 held.settle(row.status)
 
+    async def recheck_held(self) -> None:
+        """Wake every held call whose request was decided while we were not listening."""
+        for approval_id, status in await self.store.decided_among(list(self.held)):
+            held = self.held.get(approval_id)
+            if held is not None:
+                self._unschedule(approval_id)
+                held.settle(status)
+
     async def poll_decisions(self) -> None:
         """SQLite's cross-process wake-up: look for decisions on requests this process holds."""
         if not self.held:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, event, func, text, update
+from sqlalchemy import JSON, Column, Index, event, func, inspect, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -113,8 +113,34 @@ class Replica(SQLModel, table=True):
     name: str = ""
     host: str = ""
     pid: int = 0
+    front: str = ""  # "http" or "stdio"
     started_at: datetime = Field(default_factory=utcnow)
     seen_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class RateEvent(SQLModel, table=True):
+    """One counted call under a rate-limit key (the shared limiter used with several replicas)."""
+
+    __tablename__ = "rate_event"
+    __table_args__ = (Index("ix_rate_event_key_at", "key", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    key: str
+    at: float  # epoch seconds
+
+
+class SchemaVersion(SQLModel, table=True):
+    """Which of `MIGRATIONS` this database has had."""
+
+    __tablename__ = "signoff_schema"
+    version: int = Field(primary_key=True)
+
+
+# Schema changes after the first release, in order: (version, SQL statements). `create_all` makes
+# new tables; these alter existing ones. Every replica runs them at start, under a lock on PostgreSQL.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, []),  # the first release's schema, as the models above define it
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 class Store:
@@ -135,9 +161,24 @@ class Store:
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
 
     async def open(self) -> None:
-        """Create the tables if they are missing (see README: schema changes are additive)."""
+        """Create missing tables and apply pending migrations (safe when several replicas start at once)."""
         async with self.engine.begin() as conn:
+            if self.is_postgres:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(7120411)"))
+            fresh = not await conn.run_sync(lambda c: inspect(c).has_table("approval"))
             await conn.run_sync(SQLModel.metadata.create_all)
+            current = (await conn.execute(text("SELECT max(version) FROM signoff_schema"))).scalar()
+            if current is None:
+                current = SCHEMA_VERSION if fresh else 0
+            for version, statements in MIGRATIONS:
+                if version > current:
+                    for statement in statements:
+                        await conn.execute(text(statement))
+                    log.info("database migrated to schema version %d", version)
+            await conn.execute(text("DELETE FROM signoff_schema"))
+            await conn.execute(
+                text("INSERT INTO signoff_schema (version) VALUES (:v)").bindparams(v=SCHEMA_VERSION)
+            )
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -305,13 +346,66 @@ class Store:
             q = q.order_by(col(AuditRecord.id).desc()).limit(limit)
             return list(reversed((await s.exec(q)).all()))
 
+    async def decided_among(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(id, status) of the given approvals that are no longer pending."""
+        out: list[tuple[str, str]] = []
+        async with self.sessions() as s:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                rows = await s.exec(
+                    select(Approval.id, Approval.status).where(
+                        col(Approval.id).in_(chunk), Approval.status != PENDING
+                    )
+                )
+                out += [(r[0], r[1]) for r in rows.all()]
+        return out
+
+    # -- shared rate limits (PostgreSQL) --------------------------------------------------------
+
+    async def rate_acquire(self, key: str, limit: int, window: float, now: float) -> float | None:
+        """Count a call under `key` unless `limit` calls happened in the last `window` seconds.
+
+        Serialised per key by a transaction-scoped advisory lock, so concurrent replicas cannot both
+        take the last slot. Returns None when counted, else the seconds until a slot frees.
+        """
+        async with self.sessions() as s:
+            await s.exec(text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=key))
+            await s.exec(
+                text("DELETE FROM rate_event WHERE key = :k AND at <= :cut").bindparams(
+                    k=key, cut=now - window
+                )
+            )
+            row = (
+                await s.exec(
+                    text("SELECT count(*), min(at) FROM rate_event WHERE key = :k").bindparams(k=key)
+                )
+            ).one()
+            if row[0] >= limit:
+                await s.commit()
+                return max(0.001, row[1] + window - now) if row[1] is not None else window
+            s.add(RateEvent(key=key, at=now))
+            await s.commit()
+            return None
+
+    async def rate_release(self, key: str) -> None:
+        async with self.sessions() as s:
+            await s.exec(
+                text(
+                    "DELETE FROM rate_event WHERE id = (SELECT id FROM rate_event WHERE key = :k "
+                    "ORDER BY at DESC LIMIT 1)"
+                ).bindparams(k=key)
+            )
+            await s.commit()
+
     # -- replicas ----------------------------------------------------------------------------
 
-    async def heartbeat(self, instance: str, name: str, host: str = "", pid: int = 0) -> None:
+    async def heartbeat(
+        self, instance: str, name: str, host: str = "", pid: int = 0, front: str = ""
+    ) -> None:
         async with self.sessions() as s:
             row = await s.get(Replica, instance)
             if row is None:
-                s.add(Replica(instance=instance, name=name, host=host, pid=pid))
+                s.add(Replica(instance=instance, name=name, host=host, pid=pid, front=front))
             else:
                 row.seen_at = utcnow()
                 s.add(row)

@@ -123,3 +123,33 @@ def gateway_config(exec_log: Path, policy: dict[str, Any] | str | None, **extra:
     if policy is not None:
         config["policy"] = policy
     return config
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster per test process."""
+    from tests.pg import remove, start_postgres
+
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        remove(server)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run the test on both backends: a SQLite file, and a fresh database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    return request.getfixturevalue("pg").new_database()
+
+
+@pytest.fixture
+def gwconf(exec_log: Path, db_url: str) -> Any:
+    """`gateway_config` bound to this test's execution log and database backend."""
+
+    def make(policy: dict[str, Any] | str | None, **extra: Any) -> dict[str, Any]:
+        return gateway_config(exec_log, policy, **{"database_url": db_url, **extra})
+
+    return make

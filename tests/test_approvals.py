@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import DECISION, Admin, executions, gateway_config
+from tests.conftest import DECISION, Admin, executions
 from tests.nodetools import run_ts_client
 from tests.procs import running_gateway, start_gateway
 
@@ -51,8 +51,8 @@ async def call_held(client: Client, name: str = "db1", **kw: Any) -> Any:
     return result, progress
 
 
-async def test_approve_runs_the_exact_call_once(tmp_path: Path, exec_log: Path) -> None:
-    config = gateway_config(exec_log, policy(HOLD), approvers=APPROVERS)
+async def test_approve_runs_the_exact_call_once(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+    config = gwconf(policy(HOLD), approvers=APPROVERS)
     with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
@@ -84,8 +84,8 @@ async def test_approve_runs_the_exact_call_once(tmp_path: Path, exec_log: Path) 
         assert (await admin.get(pending["id"]))["outcome"] == "ok"
 
 
-async def test_deny_with_reason_reaches_the_agent(tmp_path: Path, exec_log: Path) -> None:
-    config = gateway_config(exec_log, policy(HOLD), approvers=APPROVERS)
+async def test_deny_with_reason_reaches_the_agent(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+    config = gwconf(policy(HOLD), approvers=APPROVERS)
     with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
@@ -104,9 +104,9 @@ async def test_deny_with_reason_reaches_the_agent(tmp_path: Path, exec_log: Path
     assert executions(exec_log, "delete_thing") == []
 
 
-async def test_nobody_answers_the_call_expires_denied(tmp_path: Path, exec_log: Path) -> None:
+async def test_nobody_answers_the_call_expires_denied(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     rule = {**HOLD, "approval": {"approvers": "oncall", "timeout": "1s"}}
-    with running_gateway(gateway_config(exec_log, policy(rule), approvers=APPROVERS), tmp_path) as gw:
+    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             started = time.monotonic()
@@ -120,9 +120,9 @@ async def test_nobody_answers_the_call_expires_denied(tmp_path: Path, exec_log: 
     assert executions(exec_log, "delete_thing") == []
 
 
-async def test_quorum_two_of_three(tmp_path: Path, exec_log: Path) -> None:
+async def test_quorum_two_of_three(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     rule = {**HOLD, "approval": {"approvers": "oncall", "timeout": "20s", "quorum": 2}}
-    with running_gateway(gateway_config(exec_log, policy(rule), approvers=APPROVERS), tmp_path) as gw:
+    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             task = asyncio.create_task(call_held(client))
@@ -142,10 +142,9 @@ async def test_quorum_two_of_three(tmp_path: Path, exec_log: Path) -> None:
 
 
 async def test_self_approval_and_non_approvers_are_refused_and_audited(
-    tmp_path: Path, exec_log: Path
+    tmp_path: Path, exec_log: Path, gwconf: Any
 ) -> None:
-    config = gateway_config(
-        exec_log,
+    config = gwconf(
         policy(HOLD),
         approvers=APPROVERS,
         identities={"agent": {"token_env": "AGENT_TOKEN", "slack_user": "U_ALICE"}},
@@ -174,9 +173,9 @@ async def test_self_approval_and_non_approvers_are_refused_and_audited(
 
 
 async def test_cancelled_call_withdraws_and_a_late_approval_runs_nothing(
-    tmp_path: Path, exec_log: Path
+    tmp_path: Path, exec_log: Path, gwconf: Any
 ) -> None:
-    with running_gateway(gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
+    with running_gateway(gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             with pytest.raises(Exception):  # noqa: B017 - the SDK raises its timeout error
@@ -198,8 +197,8 @@ async def test_cancelled_call_withdraws_and_a_late_approval_runs_nothing(
     assert executions(exec_log, "delete_thing") == []
 
 
-async def test_client_disconnect_withdraws(tmp_path: Path, exec_log: Path) -> None:
-    with running_gateway(gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
+async def test_client_disconnect_withdraws(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+    with running_gateway(gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         client = Client(gw.mcp_url, mode="legacy")
         await client.__aenter__()
@@ -217,9 +216,9 @@ async def test_client_disconnect_withdraws(tmp_path: Path, exec_log: Path) -> No
     assert executions(exec_log, "delete_thing") == []
 
 
-async def test_pending_mode_call_again_runs_exactly_once(tmp_path: Path, exec_log: Path) -> None:
+async def test_pending_mode_call_again_runs_exactly_once(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     rule = {**HOLD, "approval": {"approvers": "oncall", "timeout": "30s", "mode": "pending"}}
-    with running_gateway(gateway_config(exec_log, policy(rule), approvers=APPROVERS), tmp_path) as gw:
+    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             first = await client.call_tool("delete_thing", {"name": "db9"})
@@ -253,9 +252,8 @@ async def test_pending_mode_call_again_runs_exactly_once(tmp_path: Path, exec_lo
     assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["db9"]
 
 
-async def test_ts_client_with_short_timeout_survives_a_long_hold(tmp_path: Path, exec_log: Path) -> None:
-    config = gateway_config(
-        exec_log, policy(HOLD), approvers=APPROVERS, approvals={"progress_interval": "1s"}
+async def test_ts_client_with_short_timeout_survives_a_long_hold(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+    config = gwconf( policy(HOLD), approvers=APPROVERS, approvals={"progress_interval": "1s"}
     )
     with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
@@ -292,7 +290,7 @@ async def test_ts_client_with_short_timeout_survives_a_long_hold(tmp_path: Path,
     assert len(executions(exec_log, "delete_thing")) == 1
 
 
-async def test_restart_withdraws_held_calls_and_runs_nothing(tmp_path: Path, exec_log: Path) -> None:
+async def test_restart_withdraws_held_calls_and_runs_nothing(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     pending_rule = {
         "name": "echo later",
         "tools": "echo",
@@ -305,8 +303,7 @@ async def test_restart_withdraws_held_calls_and_runs_nothing(tmp_path: Path, exe
         "action": "require_approval",
         "approval": {"approvers": "oncall", "timeout": "2s"},
     }
-    config = gateway_config(
-        exec_log,
+    config = gwconf(
         policy(HOLD, pending_rule, short),
         approvers=APPROVERS,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}",
@@ -350,11 +347,11 @@ async def _all(admin: Admin) -> list[dict[str, Any]]:
         return (await http.get(admin.base + "/api/approvals?status=all")).json()["approvals"]
 
 
-async def test_concurrent_decisions_race_to_exactly_one_outcome(tmp_path: Path, exec_log: Path) -> None:
+async def test_concurrent_decisions_race_to_exactly_one_outcome(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     """Many held calls, each hit at once by approve, deny and its own expiry: one decision each."""
     n = 24
     rule = {**HOLD, "approval": {"approvers": "oncall", "timeout": "3s"}}
-    with running_gateway(gateway_config(exec_log, policy(rule), approvers=APPROVERS), tmp_path) as gw:
+    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             calls = [asyncio.create_task(call_held(client, f"item{i}")) for i in range(n)]

@@ -14,16 +14,16 @@ import yaml
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import DECISION, Admin, executions, gateway_config
+from tests.conftest import DECISION, Admin, executions
 from tests.procs import running_gateway
 from tests.test_approvals import client_as
 
 
 async def test_hidden_tool_is_absent_and_refused_exactly_like_an_unknown_one(
-    tmp_path: Path, exec_log: Path
+    tmp_path: Path, exec_log: Path, gwconf: Any
 ) -> None:
     pol = {"default": "allow", "hide": ["delete_*", "crash"]}
-    with running_gateway(gateway_config(exec_log, pol), tmp_path) as gw:
+    with running_gateway(gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "delete_thing" not in names and "crash" not in names and "echo" in names
@@ -38,7 +38,7 @@ async def test_hidden_tool_is_absent_and_refused_exactly_like_an_unknown_one(
     assert executions(exec_log) == []
 
 
-async def test_deny_reason_reaches_the_agent(tmp_path: Path, exec_log: Path) -> None:
+async def test_deny_reason_reaches_the_agent(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     pol = {
         "default": "allow",
         "rules": [
@@ -51,7 +51,7 @@ async def test_deny_reason_reaches_the_agent(tmp_path: Path, exec_log: Path) -> 
             }
         ],
     }
-    with running_gateway(gateway_config(exec_log, pol), tmp_path) as gw:
+    with running_gateway(gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             denied = await client.call_tool("delete_thing", {"name": "a", "force": True})
             assert denied.is_error
@@ -65,10 +65,10 @@ async def test_deny_reason_reaches_the_agent(tmp_path: Path, exec_log: Path) -> 
 
 
 async def test_refusal_keeps_structured_content_out_of_tools_with_an_output_schema(
-    tmp_path: Path, exec_log: Path
+    tmp_path: Path, exec_log: Path, gwconf: Any
 ) -> None:
     pol = {"default": "allow", "rules": [{"tools": "weather", "action": "deny", "reason": "no weather"}]}
-    with running_gateway(gateway_config(exec_log, pol), tmp_path) as gw:
+    with running_gateway(gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await client.list_tools()
             denied = await client.call_tool("weather", {"city": "Oslo"})  # the SDK validates output schemas
@@ -77,7 +77,7 @@ async def test_refusal_keeps_structured_content_out_of_tools_with_an_output_sche
 
 
 async def test_rate_limit_refuses_the_extra_call_then_allows_after_the_window(
-    tmp_path: Path, exec_log: Path
+    tmp_path: Path, exec_log: Path, gwconf: Any
 ) -> None:
     pol = {
         "default": "allow",
@@ -90,7 +90,7 @@ async def test_rate_limit_refuses_the_extra_call_then_allows_after_the_window(
             }
         ],
     }
-    with running_gateway(gateway_config(exec_log, pol), tmp_path) as gw:
+    with running_gateway(gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             started = time.monotonic()
             for i in range(3):
@@ -110,7 +110,7 @@ async def test_rate_limit_refuses_the_extra_call_then_allows_after_the_window(
     assert [e["args"]["text"] for e in executions(exec_log, "echo")] == ["0", "1", "2", "later"]
 
 
-async def test_rate_limit_per_session_and_global(tmp_path: Path, exec_log: Path) -> None:
+async def test_rate_limit_per_session_and_global(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     pol = {
         "default": "allow",
         "rules": [
@@ -126,7 +126,7 @@ async def test_rate_limit_per_session_and_global(tmp_path: Path, exec_log: Path)
             },
         ],
     }
-    with running_gateway(gateway_config(exec_log, pol), tmp_path) as gw:
+    with running_gateway(gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as a, Client(gw.mcp_url, mode="legacy") as b:
             assert not (await a.call_tool("echo", {"text": "a"})).is_error
             assert (await a.call_tool("echo", {"text": "a2"})).is_error
@@ -135,7 +135,7 @@ async def test_rate_limit_per_session_and_global(tmp_path: Path, exec_log: Path)
             assert (await b.call_tool("weather", {"city": "b"})).meta[DECISION]["reason"] == "rate_limited"
 
 
-async def test_bearer_tokens_and_identity_scoped_rules(tmp_path: Path, exec_log: Path) -> None:
+async def test_bearer_tokens_and_identity_scoped_rules(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     pol = {
         "default": "deny",
         "rules": [
@@ -150,7 +150,7 @@ async def test_bearer_tokens_and_identity_scoped_rules(tmp_path: Path, exec_log:
         "ci-agent": {"token_env": "CI_TOKEN", "groups": ["agents"]},
         "ops-bot": {"token_sha256": ops_hash, "groups": ["agents"]},
     }
-    config = gateway_config(exec_log, pol, identities=identities)
+    config = gwconf(pol, identities=identities)
     with running_gateway(config, tmp_path, env={"CI_TOKEN": "ci-token-value"}) as gw:
         async with httpx2.AsyncClient() as http:
             body = {
@@ -188,9 +188,9 @@ async def test_bearer_tokens_and_identity_scoped_rules(tmp_path: Path, exec_log:
         assert secret not in log
 
 
-async def test_a_session_cannot_be_used_with_another_identitys_token(tmp_path: Path, exec_log: Path) -> None:
+async def test_a_session_cannot_be_used_with_another_identitys_token(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     identities = {"a": {"token_env": "TOKEN_A"}, "b": {"token_env": "TOKEN_B"}}
-    config = gateway_config(exec_log, None, identities=identities)
+    config = gwconf(None, identities=identities)
     with running_gateway(config, tmp_path, env={"TOKEN_A": "token-of-a", "TOKEN_B": "token-of-b"}) as gw:
         async with httpx2.AsyncClient() as http:
             headers = {"Accept": "application/json, text/event-stream", "Authorization": "Bearer token-of-a"}
@@ -212,10 +212,10 @@ async def test_a_session_cannot_be_used_with_another_identitys_token(tmp_path: P
             assert r.status_code == 404  # as if the session did not exist
 
 
-async def test_policy_hot_reload_valid_then_invalid(tmp_path: Path, exec_log: Path) -> None:
+async def test_policy_hot_reload_valid_then_invalid(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(yaml.safe_dump({"default": "allow"}))
-    with running_gateway(gateway_config(exec_log, str(policy_file)), tmp_path) as gw:
+    with running_gateway(gwconf(str(policy_file)), tmp_path) as gw:
         changed = asyncio.Event()
 
         async def on_message(message: Any) -> None:
@@ -252,11 +252,11 @@ async def test_policy_hot_reload_valid_then_invalid(tmp_path: Path, exec_log: Pa
     assert "policy reload refused, the previous policy stays in force" in log and "rules.0.action" in log
 
 
-async def test_policylayer_policy_json_loads_unchanged(tmp_path: Path, exec_log: Path) -> None:
+async def test_policylayer_policy_json_loads_unchanged(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     pl = {"version": "1", "default": "deny", "hide": ["delete_thing"], "tools": {"echo": {}}}
     path = tmp_path / "policy.json"
     path.write_text(json.dumps(pl))
-    with running_gateway(gateway_config(exec_log, str(path)), tmp_path) as gw:
+    with running_gateway(gwconf(str(path)), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "delete_thing" not in names and "echo" in names
@@ -267,7 +267,7 @@ async def test_policylayer_policy_json_loads_unchanged(tmp_path: Path, exec_log:
                 await client.call_tool("delete_thing", {"name": "x"})
 
 
-async def test_intercept_yaml_loads_unchanged(tmp_path: Path, exec_log: Path) -> None:
+async def test_intercept_yaml_loads_unchanged(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     intercept = {
         "version": "1",
         "default": "deny",
@@ -286,7 +286,7 @@ async def test_intercept_yaml_loads_unchanged(tmp_path: Path, exec_log: Path) ->
     }
     path = tmp_path / "intercept.yaml"
     path.write_text(yaml.safe_dump(intercept))
-    with running_gateway(gateway_config(exec_log, str(path)), tmp_path) as gw:
+    with running_gateway(gwconf(str(path)), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             assert not (await client.call_tool("echo", {"text": "1"})).is_error
             assert not (await client.call_tool("echo", {"text": "2"})).is_error
@@ -301,14 +301,14 @@ async def test_intercept_yaml_loads_unchanged(tmp_path: Path, exec_log: Path) ->
             assert (await client.call_tool("weather", {"city": "x"})).meta[DECISION]["reason"] == "denied"
 
 
-async def test_shadow_mode_records_but_enforces_nothing(tmp_path: Path, exec_log: Path) -> None:
+async def test_shadow_mode_records_but_enforces_nothing(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     pol = {
         "mode": "shadow",
         "default": "allow",
         "hide": ["crash"],
         "rules": [{"name": "would deny", "tools": "delete_thing", "action": "deny", "reason": "not yet"}],
     }
-    with running_gateway(gateway_config(exec_log, pol), tmp_path) as gw:
+    with running_gateway(gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             assert "crash" in {t.name for t in (await client.list_tools()).tools}
             assert not (await client.call_tool("delete_thing", {"name": "x"})).is_error
@@ -322,9 +322,9 @@ async def test_shadow_mode_records_but_enforces_nothing(tmp_path: Path, exec_log
     assert len(executions(exec_log, "delete_thing")) == 1
 
 
-async def test_audit_records_every_outcome_with_secrets_redacted(tmp_path: Path, exec_log: Path) -> None:
+async def test_audit_records_every_outcome_with_secrets_redacted(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     pol = {"default": "allow", "rules": [{"tools": "fail", "action": "deny", "reason": "no"}]}
-    with running_gateway(gateway_config(exec_log, pol, max_argument_bytes=2000), tmp_path) as gw:
+    with running_gateway(gwconf(pol, max_argument_bytes=2000), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await client.call_tool(
                 "echo",
