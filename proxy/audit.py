@@ -8,7 +8,11 @@ import logging
 from collections import deque
 
 from proxy.metrics import Metrics
+from proxy.redact import redact
 from proxy.store import AuditRecord, Store
+
+# Argument strings longer than this are cut in audit records (the full call is the upstream's business).
+MAX_AUDIT_TEXT = 4096
 
 log = logging.getLogger("signoff.audit")
 
@@ -27,19 +31,20 @@ class AuditLog:
         self.batch = batch
         self.healthy = True
         self._buffer: deque[AuditRecord] = deque()
+        self._failed: list[AuditRecord] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     def record(self, rec: AuditRecord) -> None:
-        """Queue a record; never blocks."""
+        """Queue a record; never blocks. Its arguments are redacted when written, off the call path."""
         self._buffer.append(rec)
         if len(self._buffer) >= self.batch:
             self._wake.set()
 
     @property
     def backlog(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + len(self._failed)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
@@ -54,14 +59,19 @@ class AuditLog:
     async def flush(self) -> None:
         """Write everything queued so far (in batches)."""
         async with self._lock:
-            while self._buffer:
-                batch = [self._buffer.popleft() for _ in range(min(self.batch, len(self._buffer)))]
+            while self._buffer or self._failed:
+                # A batch that failed before is already redacted; retry it first, in order.
+                batch, self._failed = self._failed, []
+                while self._buffer and len(batch) < self.batch:
+                    rec = self._buffer.popleft()
+                    rec.arguments = redact(rec.arguments, MAX_AUDIT_TEXT)
+                    batch.append(rec)
                 try:
                     await self.store.write_audit(batch)
                 except Exception as e:
-                    self._buffer.extendleft(reversed(batch))
+                    self._failed = batch
                     if self.healthy:
-                        log.error("cannot write audit records (%d waiting): %s", len(self._buffer), e)
+                        log.error("cannot write audit records (%d waiting): %s", self.backlog, e)
                     self.healthy = False
                     self.metrics.audit_dropped.inc()
                     return
@@ -77,7 +87,7 @@ class AuditLog:
                 await self._task
         for _ in range(20):
             await self.flush()
-            if not self._buffer:
+            if not self.backlog:
                 return
             await asyncio.sleep(0.25)
-        log.error("audit: %d records could not be written before shutdown", len(self._buffer))
+        log.error("audit: %d records could not be written before shutdown", self.backlog)

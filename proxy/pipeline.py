@@ -22,7 +22,6 @@ from proxy.metrics import Metrics
 from proxy.policies import PolicySet, Verdict
 from proxy.policy import Decision
 from proxy.ratelimit import RateLimiter, check_limits, release_limits
-from proxy.redact import redact
 from proxy.results import refusal
 from proxy.risk import classify
 from proxy.store import APPROVED, DENIED, EXPIRED, PENDING, WITHDRAWN, Approval, AuditRecord, utcnow
@@ -295,7 +294,7 @@ class Pipeline:
                 client_name=call.client_name,
                 upstream=call.upstream,
                 tool=call.public_name,
-                arguments=redact(call.arguments),
+                arguments=call.arguments,  # redacted by the audit writer, off the call path
                 decision=record.decision,
                 enforced=record.verdict.enforced,
                 rule=record.rule,

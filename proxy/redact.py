@@ -52,11 +52,17 @@ def redact_text(text: str) -> str:
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
 
 
-def redact(value: Any, _depth: int = 0) -> Any:
-    """A copy of `value` with secrets replaced by `[REDACTED]`; never raises, never mutates."""
+def redact(value: Any, max_text: int | None = None, _depth: int = 0) -> Any:
+    """A copy of `value` with secrets replaced by `[REDACTED]`; never raises, never mutates.
+
+    With `max_text`, longer strings are cut (with a note of how much), so a huge argument neither
+    bloats a record nor costs a regex scan of all of it.
+    """
     if _depth > _MAX_DEPTH:
         return "[TOO DEEP]"
     if isinstance(value, str):
+        if max_text is not None and len(value) > max_text:
+            return redact_text(value[:max_text]) + f"…[{len(value) - max_text} more characters]"
         return redact_text(value)
     if isinstance(value, dict):
         out = {}
@@ -65,8 +71,8 @@ def redact(value: Any, _depth: int = 0) -> Any:
             if is_secret_key(key) and v not in (None, "", [], {}):
                 out[key] = REDACTED
             else:
-                out[key] = redact(v, _depth + 1)
+                out[key] = redact(v, max_text, _depth + 1)
         return out
     if isinstance(value, list | tuple):
-        return [redact(v, _depth + 1) for v in value]
+        return [redact(v, max_text, _depth + 1) for v in value]
     return value
