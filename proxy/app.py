@@ -409,9 +409,7 @@ def admin_token_path(config: Config) -> Path | None:
     url = config.database_url
     if not url.startswith("sqlite") or ":memory:" in url:
         return None
-    db = Path(url.split("///", 1)[-1])
-    if not db.is_absolute():
-        db = config.base_dir / db
+    db = Path(url.split("///", 1)[-1])  # absolute: the config anchors relative SQLite paths
     return db.with_name(db.name + ".admin-token")
 
 

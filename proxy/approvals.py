@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -415,9 +416,10 @@ def already_decided(approval: Approval) -> str:
 
 
 def _human(seconds: float) -> str:
-    seconds = round(seconds)
+    """Time left, rounded up to what a person would say: 1m59s is "2m"."""
+    seconds = math.ceil(seconds)
     if seconds >= 3600:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+        return f"{seconds // 3600}h{math.ceil((seconds % 3600) / 60):02d}m"
     if seconds >= 60:
-        return f"{seconds // 60}m"
+        return f"{math.ceil(seconds / 60)}m"
     return f"{seconds}s"

@@ -268,7 +268,16 @@ def parse_config(data: Any, base_dir: Path = Path("."), env: dict[str, str] | No
     if errors:
         raise ConfigError(errors)
     config.base_dir = base_dir
+    config.database_url = _anchor_sqlite(config.database_url, base_dir)
     return config
+
+
+def _anchor_sqlite(url: str, base_dir: Path) -> str:
+    """A relative SQLite path is relative to the config file, not to wherever the gateway was started."""
+    prefix, sep, path = url.partition(":///")
+    if not prefix.startswith("sqlite") or not sep or not path or path.startswith(("/", ":memory:")):
+        return url
+    return f"{prefix}:///{(base_dir / path).resolve()}"
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:

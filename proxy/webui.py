@@ -139,6 +139,9 @@ class ApprovalsApi:
     async def list(self, request: web.Request) -> web.Response:
         self._authorized(request)
         status = request.query.get("status", "pending")
+        if status not in _STATUSES:
+            raise web.HTTPBadRequest(text=f'{{"error": "status must be one of {", ".join(_STATUSES)}"}}',
+                                     content_type="application/json")
         limit = _int(request.query.get("limit"), 100)
         rows = await self.store.approvals(None if status == "all" else status, limit=limit)
         out = [approval_json(a, await self.store.voters(a.id) if a.quorum > 1 else None) for a in rows]
@@ -190,6 +193,9 @@ class ApprovalsApi:
             decision=request.query.get("decision"),
         )
         return web.json_response({"records": [audit_json(r) for r in rows]})
+
+
+_STATUSES = ("all", "pending", "approved", "denied", "expired", "withdrawn", "executed")
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -1,0 +1,241 @@
+"""The approvals web page, driven in headless Chromium (Debian's package) with Playwright.
+
+Real parts only: a gateway process with the echo fixture upstream, held calls from the MCP SDK
+client, and the page served by the gateway's control port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+from mcp import Client
+from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
+
+from tests.conftest import executions, stdio_echo
+from tests.procs import Gateway, free_port, running_gateway
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TOKEN = "page-test-admin-token"
+META = "dev.signoff/decision"
+
+
+def config(exec_log: Path) -> dict[str, Any]:
+    return {
+        "upstreams": {"echo": stdio_echo(exec_log)},
+        "control": {"host": "127.0.0.1", "port": free_port(), "admin_token": TOKEN},
+        "approvals": {"progress_interval": "1s"},
+        "approvers": {"oncall": {"users": ["alice", "bob"]}},
+        "policy": {
+            "default": "allow",
+            "rules": [
+                {
+                    "name": "on-call approves deletes",
+                    "tools": "delete_thing",
+                    "action": "require_approval",
+                    "approval": {"approvers": "oncall", "timeout": "2m"},
+                }
+            ],
+        },
+    }
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, exec_log: Path) -> Any:
+    with running_gateway(config(exec_log), tmp_path) as gw:
+        yield gw
+
+
+@pytest.fixture(autouse=True)
+def chromium() -> Path:
+    """Debian's Chromium, checked before anything starts; its absence fails the tests (CI installs it)."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"Chromium is missing ({CHROMIUM}); the page tests need Debian's package: "
+            "apt-get update && apt-get install -y chromium",
+            pytrace=False,
+        )
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, tmp_path: Path) -> AsyncIterator[Page]:
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        yield page
+    finally:
+        await page.screenshot(path=str(tmp_path / "approvals-page.png"), full_page=True)
+        await context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def api(gw: Gateway, path: str) -> Any:
+    request = urllib.request.Request(gw.control_url + path, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        return json.load(r)
+
+
+async def wait_pending(gw: Gateway, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        pending = (await asyncio.to_thread(api, gw, "/api/approvals?status=pending"))["approvals"]
+        if len(pending) >= count:
+            return pending
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(pending)} pending approvals"
+        await asyncio.sleep(0.1)
+
+
+def held_call(client: Client, name: str) -> asyncio.Task[types.CallToolResult]:
+    async def progress(p: float, total: float | None, message: str | None) -> None:
+        return None  # passing a callback asks the gateway for "waiting for approval" progress
+
+    return asyncio.create_task(client.call_tool("delete_thing", {"name": name}, progress_callback=progress))
+
+
+def card(page: Page, name: str) -> Any:
+    """The pending-approval card whose arguments name `name`."""
+    return page.locator("#pending article.card").filter(has_text=f'"name": "{name}"')
+
+
+async def open_page(page: Page, gw: Gateway, token: str = TOKEN) -> None:
+    await page.goto(f"{gw.control_url}/approvals#token={token}")
+
+
+async def test_approve_one_deny_the_other(gateway: Gateway, page: Page, exec_log: Path) -> None:
+    dialogs: list[str] = []
+
+    async def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", on_dialog)
+    async with Client(gateway.mcp_url, mode="legacy") as client:
+        alpha, beta = held_call(client, "alpha"), held_call(client, "beta")
+        await wait_pending(gateway, 2)
+
+        await open_page(page, gateway)
+        assert "#token=" not in page.url  # the page drops the token from the address bar
+        await page.get_by_label("Deciding as").fill("alice")
+        await expect(page.locator("#pending article.card")).to_have_count(2)
+        await expect(card(page, "alpha")).to_contain_text("risk: destructive")
+        await expect(card(page, "alpha")).to_contain_text("rule: on-call approves deletes")
+
+        # Type the denial reason first: deciding the other card must not wipe it (the page keeps cards).
+        beta_card = card(page, "beta")
+        reason = beta_card.get_by_placeholder("reason (required to deny")
+        await reason.fill("not during the release freeze")
+        await page.wait_for_timeout(1200)  # a refresh (every second) keeps the focus in the reason box
+        await expect(reason).to_be_focused()
+
+        await card(page, "alpha").get_by_role("button", name="Approve").click()
+        await expect(page.locator("#banner")).to_have_text("Approved.")
+        result = await asyncio.wait_for(alpha, 10)
+        assert not result.is_error and result.content[0].text == "deleted alpha"
+        assert len(dialogs) == 1 and "delete_thing is destructive" in dialogs[0] and '"alpha"' in dialogs[0]
+
+        await expect(page.locator("#pending article.card")).to_have_count(1)  # alpha's card is gone
+        await expect(reason).to_have_value("not during the release freeze")
+        await beta_card.get_by_role("button", name="Deny").click()
+        await expect(page.locator("#banner")).to_have_text("Denied.")
+        result = await asyncio.wait_for(beta, 10)
+        assert result.is_error
+        info = result.meta[META]
+        assert info["reason"] == "denied" and info["decidedBy"] == "alice"
+        assert info["humanReason"] == "not during the release freeze"
+        assert "Denied by alice: not during the release freeze" in result.content[0].text
+        assert len(dialogs) == 1  # denying asks no confirmation
+
+    assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["alpha"]
+
+    await expect(page.locator("#pending")).to_have_text("Nothing is waiting.")
+    decided = page.locator("#decided tr:not(.empty)")
+    await expect(decided).to_have_count(2)
+    executed = decided.filter(has_text="executed")
+    await expect(executed).to_contain_text("alice")
+    await expect(executed).to_contain_text("ok")
+    denied = decided.filter(has_text="denied")
+    await expect(denied).to_contain_text("alice")
+    await expect(denied).to_contain_text("not during the release freeze")
+    audit = page.locator("#audit tr").filter(has_text="delete_thing")
+    await expect(audit).to_have_count(2)
+    await expect(audit.filter(has_text="require_approval")).to_have_count(2)
+    await expect(audit.filter(has_text="ok")).to_have_count(1)
+    await expect(audit.filter(has_text="denied")).to_have_count(1)
+
+
+async def test_wrong_token_shows_the_token_prompt(gateway: Gateway, page: Page) -> None:
+    await open_page(page, gateway, token="not-the-token")
+    prompt = page.locator("#login")
+    await expect(prompt).to_be_visible()
+    await expect(prompt).to_contain_text("The gateway did not accept that token.")
+    await expect(page.locator("#app")).to_be_hidden()
+
+    await page.get_by_label("admin token").fill(TOKEN)
+    await page.get_by_label("admin token").press("Enter")
+    await expect(page.locator("#app")).to_be_visible()
+    await expect(prompt).to_be_hidden()
+    await expect(page.locator("#pending")).to_have_text("Nothing is waiting.")
+
+
+async def test_non_approver_is_refused_and_nothing_is_decided(
+    gateway: Gateway, page: Page, exec_log: Path
+) -> None:
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    async with Client(gateway.mcp_url, mode="legacy") as client:
+        call = held_call(client, "gamma")
+        [pending] = await wait_pending(gateway, 1)
+
+        await open_page(page, gateway)
+        await page.get_by_label("Deciding as").fill("mallory")
+        approve = card(page, "gamma").get_by_role("button", name="Approve")
+        await approve.click()
+        banner = page.locator("#banner")
+        await expect(banner).to_contain_text("You are not an approver for this request")
+        await expect(banner).to_have_class("show err")
+
+        # Nothing was decided: still pending, nothing ran, the call still waits; the refusal is audited.
+        assert (await asyncio.to_thread(api, gateway, f"/api/approvals/{pending['id']}"))[
+            "status"
+        ] == "pending"
+        assert not call.done()
+        assert executions(exec_log, "delete_thing") == []
+        await expect(page.locator("#audit tr").filter(has_text="refused_click")).to_have_count(1)
+        await expect(card(page, "gamma")).to_be_visible()
+
+        # The refused click left the buttons usable: the real on-call engineer can still decide.
+        await expect(approve).to_be_enabled()
+        await page.get_by_label("Deciding as").fill("bob")
+        await approve.click()
+        await expect(banner).to_have_text("Approved.")
+        result = await asyncio.wait_for(call, 10)
+        assert not result.is_error and result.content[0].text == "deleted gamma"
+    assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["gamma"]
