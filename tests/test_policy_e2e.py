@@ -248,7 +248,7 @@ async def test_policy_hot_reload_valid_then_invalid(tmp_path: Path, exec_log: Pa
             still = await client.call_tool("echo", {"text": "still denied"})
             assert still.meta[DECISION]["rule"] == "no echo"  # the old policy keeps running
     log = gw.output()
-    assert "policy policy reloaded" in log and "added no echo" in log and "hide [] → ['crash']" in log
+    assert "policy reloaded (revision" in log and "added no echo" in log and "hide [] → ['crash']" in log
     assert "policy reload refused, the previous policy stays in force" in log and "rules.0.action" in log
 
 
