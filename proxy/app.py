@@ -183,7 +183,10 @@ class App:
             metrics=self.metrics,
             audit_event=self.audit_event,
         )
-        return factory(cfg, host)
+        try:
+            return factory(cfg, host)
+        except Exception as e:
+            raise StartupError(f"the Slack channel could not be set up: {e}") from e
 
     def page_url(self) -> str:
         c = self.config.control
@@ -200,21 +203,22 @@ class App:
         if self.store.is_sqlite and self.front == "http":
             await self._refuse_second_sqlite_replica()
         await self.store.heartbeat(self.instance, self.replica, socket.gethostname(), os.getpid(), self.front)
+        for up in self.upstreams.values():
+            up.shared.start()  # connecting takes a while: let it run while the rest starts
         if self.listener is not None:
             self.listener.start()
-        await self.broker.start(await self.live_instances())
-        if self.audit is not None:
-            self.audit.start()
-        self.policies.start()
-        for up in self.upstreams.values():
-            up.shared.start()
         await self.control.start()
+        # The channel first: recovering approvals at start rewrites their messages.
         start = getattr(self.channel, "start", None)
         if start is not None:
             try:
                 await start()
             except Exception as e:
                 raise StartupError(f"the approval channel could not start: {e}") from e
+        await self.broker.start(await self.live_instances())
+        if self.audit is not None:
+            self.audit.start()
+        self.policies.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         log.info("approvals page: %s#token=%s", self.page_url(), self.admin_token)
         # Give upstreams a moment so the first client sees their capabilities and tools.

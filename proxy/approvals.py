@@ -148,6 +148,8 @@ class Broker:
             self.scheduler.shutdown(wait=False)
         for held in list(self.held.values()):
             await self.withdraw(held.approval.id, "the gateway shut down")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=15)
 
     async def sweep(self, live_instances: list[str]) -> None:
         """Expire overdue requests; withdraw held ones whose process is gone (safe on every replica)."""
@@ -329,13 +331,21 @@ class Broker:
         ):
             await self._finished(approval_id, WITHDRAWN)
 
-    async def report_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
-        """After an approved call ran: record and announce what happened."""
-        await self.store.set_fields(approval.id, outcome=outcome)
+    def report_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
+        """After an approved call ran: record and announce what happened, off the agent's path."""
+        self._background(self._report_outcome(approval, outcome, detail))
+
+    async def _report_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
         try:
+            await self.store.set_fields(approval.id, outcome=outcome)
             await self.channel.post_outcome(approval, outcome, detail)
         except Exception as e:
-            log.warning("could not post the outcome of %s: %s", approval.id, e)
+            log.warning("could not record or post the outcome of %s: %s", approval.id, e)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def wake(self, approval_id: str) -> None:
         """Another process decided `approval_id`: wake our waiter if we hold it."""

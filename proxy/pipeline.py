@@ -153,13 +153,15 @@ class Pipeline:
             approval = await self._approve(call, verdict, record)
         try:
             result = await forward(call)
-        except BaseException:
+        except BaseException as e:
             await release_limits(self.limiter, limits, call.identity, call.session_id)
+            if approval is not None and self.broker is not None:
+                self.broker.report_outcome(approval, "upstream_error", str(e) or type(e).__name__)
             raise
         if result.get("isError"):
             await release_limits(self.limiter, limits, call.identity, call.session_id)
         if approval is not None and self.broker is not None:
-            await self.broker.report_outcome(
+            self.broker.report_outcome(
                 approval, "tool_error" if result.get("isError") else "ok", _first_text(result)
             )
         return result

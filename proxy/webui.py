@@ -140,8 +140,10 @@ class ApprovalsApi:
         self._authorized(request)
         status = request.query.get("status", "pending")
         if status not in _STATUSES:
-            raise web.HTTPBadRequest(text=f'{{"error": "status must be one of {", ".join(_STATUSES)}"}}',
-                                     content_type="application/json")
+            raise web.HTTPBadRequest(
+                text=f'{{"error": "status must be one of {", ".join(_STATUSES)}"}}',
+                content_type="application/json",
+            )
         limit = _int(request.query.get("limit"), 100)
         rows = await self.store.approvals(None if status == "all" else status, limit=limit)
         out = [approval_json(a, await self.store.voters(a.id) if a.quorum > 1 else None) for a in rows]

@@ -363,7 +363,7 @@ class FakeSlack:
         """The live Socket Mode connections, oldest first (a copy)."""
         return list(self._sockets)
 
-    async def wait_for(self, method: str, n: int = 1, timeout: float = 5) -> list[Call]:  # noqa: ASYNC109
+    async def wait_for(self, method: str, n: int = 1, timeout: float = 5) -> list[Call]:
         """Wait until ``method`` has been called at least ``n`` times; return all its calls."""
         return await self.wait_until(
             lambda: calls if len(calls := self.calls_to(method)) >= n else None,
@@ -378,7 +378,7 @@ class FakeSlack:
         self,
         id: str | None = None,
         n: int = 1,
-        timeout: float = 5,  # noqa: ASYNC109
+        timeout: float = 5,
     ) -> list[ResponseUrlPost]:
         """Wait for ``n`` posts to ``response_url(id)`` (any id if ``None``); return them."""
 
@@ -391,7 +391,7 @@ class FakeSlack:
             lambda: f"{n} response_url post(s) to {id or 'any id'}; got {len(matching())}",
         )
 
-    async def wait_for_socket(self, n: int = 1, timeout: float = 5) -> int:  # noqa: ASYNC109
+    async def wait_for_socket(self, n: int = 1, timeout: float = 5) -> int:
         """Wait until at least ``n`` websockets are connected; return the count."""
         return await self.wait_until(
             lambda: self.socket_connections if self.socket_connections >= n else None,
@@ -399,7 +399,7 @@ class FakeSlack:
             lambda: f"{n} socket connection(s); have {self.socket_connections}",
         )
 
-    async def wait_for_ack(self, envelope_id: str, timeout: float = 5) -> dict[str, Any]:  # noqa: ASYNC109
+    async def wait_for_ack(self, envelope_id: str, timeout: float = 5) -> dict[str, Any]:
         """Wait for the client's ack of ``envelope_id``; return it (``{"envelope_id", "payload"?}``)."""
         return await self.wait_until(
             lambda: self.acks.get(envelope_id),
@@ -410,7 +410,7 @@ class FakeSlack:
     async def wait_until(
         self,
         probe: Callable[[], T | None],
-        timeout: float = 5,  # noqa: ASYNC109
+        timeout: float = 5,
         what: str | Callable[[], str] = "a condition",
     ) -> T:
         """Wait until ``probe()`` returns something other than ``None``; return it.
@@ -820,7 +820,7 @@ class FakeSlack:
         *,
         connection: int | None = None,
         envelope_id: str | None = None,
-        timeout: float = 5,  # noqa: ASYNC109
+        timeout: float = 5,
         **extra: Any,
     ) -> str:
         """Push an envelope to ONE connected client and return its ``envelope_id``.

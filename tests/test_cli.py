@@ -1,0 +1,110 @@
+"""The command line against real upstreams and a running gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mcp import Client
+
+from tests.conftest import ADMIN_TOKEN, Admin, executions, gateway_config, stdio_echo
+from tests.procs import ROOT, SIGNOFF, running_gateway, write_config
+from tests.test_approvals import APPROVERS, HOLD, call_held, policy
+
+
+def signoff(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SIGNOFF, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_tools_lists_risk_classes_from_annotations_and_names(tmp_path: Path, exec_log: Path) -> None:
+    path = write_config({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path / "c.yaml")
+    out = signoff("tools", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    tools = {t["tool"]: t for t in json.loads(out.stdout)}
+    assert tools["echo"]["risk"] == "read" and tools["echo"]["annotated"]  # readOnlyHint
+    assert tools["delete_thing"]["risk"] == "destructive"  # destructiveHint
+    assert tools["crash"]["risk"] == "destructive"  # no annotation: from the description ("Kill …")
+    table = signoff("tools", str(path)).stdout
+    assert table.splitlines()[0].split() == ["TOOL", "RISK", "ANNOTATED", "DESCRIPTION"]
+
+
+def test_check_prints_the_effective_decision_per_tool(tmp_path: Path, exec_log: Path) -> None:
+    cfg = {"upstreams": {"echo": stdio_echo(exec_log)}, "approvers": APPROVERS, "policy": {
+        "default": "deny", "hide": ["crash"], "rules": [
+            HOLD, {"name": "reads", "tools": "echo", "action": "allow",
+                   "rate_limit": {"max": 5, "window": "1m", "per": "identity"}}]}}
+    out = signoff("check", str(write_config(cfg, tmp_path / "c.yaml")))
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()[3:]}
+    assert "allow; rate limit 5/60s per identity" in rows["echo"]
+    assert "require_approval (by oncall, 20s, hold)" in rows["delete_thing"]
+    assert "hidden" in rows["crash"] and "(default)" in rows["weather"] and " deny " in rows["weather"]
+    assert executions(exec_log) == []  # check never calls a tool
+
+
+def test_check_refuses_an_invalid_policy_with_every_error(tmp_path: Path, exec_log: Path) -> None:
+    cfg = {"upstreams": {"echo": stdio_echo(exec_log)}, "policy": {
+        "default": "maybe", "rules": [{"tools": "x", "action": "allow", "when": [{"path": "a", "op": "gt",
+                                                                                     "value": "ten"}]},
+                                      {"tools": "y", "action": "require_approval",
+                                       "approval": {"approvers": "nobody"}}]}}
+    out = signoff("check", str(write_config(cfg, tmp_path / "c.yaml")))
+    assert out.returncode == 2
+    assert "policy: default:" in out.stderr and "policy: rules.0.when.0.value" in out.stderr
+    cfg["policy"] = {"default": "allow", "rules": [{"tools": "y", "action": "require_approval",
+                                                    "approval": {"approvers": "nobody"}}]}
+    out = signoff("check", str(write_config(cfg, tmp_path / "c2.yaml")))
+    assert out.returncode == 2 and "approver group 'nobody', which is not defined" in out.stderr
+
+
+def test_init_writes_a_starting_policy_that_loads(tmp_path: Path, exec_log: Path) -> None:
+    path = write_config({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path / "c.yaml")
+    target = tmp_path / "policy.yaml"
+    out = signoff("init", str(path), "-o", str(target))
+    assert out.returncode == 0, out.stderr
+    written = yaml.safe_load(target.read_text())
+    rules = {r["name"]: r for r in written["rules"]}
+    assert "delete_thing" in rules["destructive tools need on-call approval"]["tools"]
+    assert rules["reads are allowed"]["tools"] == ["echo"]
+    assert rules["writes are rate-limited"]["rate_limit"]["max"] > 0
+    assert signoff("init", str(path), "-o", str(target)).returncode == 1  # no silent overwrite
+    cfg = yaml.safe_load(path.read_text()) | {"policy": str(target), "approvers": {"oncall": {"users": ["a"]}}}
+    assert signoff("check", str(write_config(cfg, tmp_path / "with-policy.yaml"))).returncode == 0
+
+
+async def test_approvals_cli_lists_and_decides_on_a_running_gateway(tmp_path: Path, exec_log: Path) -> None:
+    with running_gateway(gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
+        async with Client(gw.mcp_url, mode="legacy") as client:
+            task = asyncio.create_task(call_held(client, "via-cli"))
+            [pending] = await Admin(gw.control_url).pending()
+            listed = await asyncio.to_thread(signoff, "approvals", "list", "--config", str(gw.config_path))
+            assert pending["id"] in listed.stdout and "delete_thing" in listed.stdout
+            denied = await asyncio.to_thread(signoff, "approvals", "deny", pending["id"], "--config",
+                                             str(gw.config_path), "--as", "alice")
+            assert denied.returncode == 2 and "--reason" in denied.stderr
+            ok = await asyncio.to_thread(signoff, "approvals", "approve", pending["id"], "--config",
+                                         str(gw.config_path), "--as", "alice")
+            assert ok.returncode == 0 and ok.stdout.strip() == "Approved."
+            result, _ = await asyncio.wait_for(task, 10)
+            assert result.content[0].text == "deleted via-cli"
+            again = await asyncio.to_thread(signoff, "approvals", "approve", pending["id"], "--config",
+                                            str(gw.config_path), "--as", "bob")
+            assert again.returncode == 1 and "Already approved by alice" in again.stdout
+
+
+async def test_generated_admin_token_is_kept_for_the_cli(tmp_path: Path, exec_log: Path) -> None:
+    cfg: dict[str, Any] = gateway_config(exec_log, policy(HOLD), approvers=APPROVERS)
+    del cfg["control"]["admin_token"]
+    with running_gateway(cfg, tmp_path) as gw:
+        assert "approvals page: http://" in gw.output() and "#token=" in gw.output()
+        listed = await asyncio.to_thread(signoff, "approvals", "list", "--config", str(gw.config_path))
+        assert listed.returncode == 0, listed.stderr
+        wrong = Admin(gw.control_url, token=ADMIN_TOKEN)  # the configured-in-tests token is not valid here
+        import httpx2
+
+        async with httpx2.AsyncClient(headers=wrong.headers) as http:
+            assert (await http.get(gw.control_url + "/api/approvals")).status_code == 401
