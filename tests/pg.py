@@ -62,8 +62,23 @@ class PgServer:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         out = subprocess.run(
-            [str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-             "-At", "-c", sql], capture_output=True, text=True, timeout=30,
+            [
+                str(self.bindir / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-At",
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         if out.returncode != 0:
             raise RuntimeError(f"psql failed: {out.stderr}")
@@ -76,17 +91,31 @@ class PgServer:
         return self.url(name)
 
     def stop(self) -> None:
-        subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast",
-                                     "stop"]), capture_output=True, timeout=60)
+        subprocess.run(
+            _as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "stop"]),
+            capture_output=True,
+            timeout=60,
+        )
 
     def start(self) -> None:
         log = self.root / "log"
-        cmd = [str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(log), "-w", "-o",
-               f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300", "start"]
+        cmd = [
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.root / "data"),
+            "-l",
+            str(log),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            "start",
+        ]
         out = subprocess.run(_as_postgres(cmd), capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
-            raise RuntimeError(f"pg_ctl start failed: {out.stdout}{out.stderr}\n{log.read_text(errors='replace')}")
+            raise RuntimeError(
+                f"pg_ctl start failed: {out.stdout}{out.stderr}\n{log.read_text(errors='replace')}"
+            )
 
 
 def start_postgres() -> PgServer:
@@ -97,8 +126,23 @@ def start_postgres() -> PgServer:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
     out = subprocess.run(
-        _as_postgres([str(bindir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres",
-                      "-E", "UTF8", "--no-sync"]), capture_output=True, text=True, timeout=120,
+        _as_postgres(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(root / "data"),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if out.returncode != 0:
         raise RuntimeError(f"initdb failed: {out.stdout}{out.stderr}")

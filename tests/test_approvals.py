@@ -252,9 +252,10 @@ async def test_pending_mode_call_again_runs_exactly_once(tmp_path: Path, exec_lo
     assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["db9"]
 
 
-async def test_ts_client_with_short_timeout_survives_a_long_hold(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
-    config = gwconf( policy(HOLD), approvers=APPROVERS, approvals={"progress_interval": "1s"}
-    )
+async def test_ts_client_with_short_timeout_survives_a_long_hold(
+    tmp_path: Path, exec_log: Path, gwconf: Any
+) -> None:
+    config = gwconf(policy(HOLD), approvers=APPROVERS, approvals={"progress_interval": "1s"})
     with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
 
@@ -290,7 +291,9 @@ async def test_ts_client_with_short_timeout_survives_a_long_hold(tmp_path: Path,
     assert len(executions(exec_log, "delete_thing")) == 1
 
 
-async def test_restart_withdraws_held_calls_and_runs_nothing(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+async def test_restart_withdraws_held_calls_and_runs_nothing(
+    tmp_path: Path, exec_log: Path, gwconf: Any
+) -> None:
     pending_rule = {
         "name": "echo later",
         "tools": "echo",
@@ -347,7 +350,9 @@ async def _all(admin: Admin) -> list[dict[str, Any]]:
         return (await http.get(admin.base + "/api/approvals?status=all")).json()["approvals"]
 
 
-async def test_concurrent_decisions_race_to_exactly_one_outcome(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+async def test_concurrent_decisions_race_to_exactly_one_outcome(
+    tmp_path: Path, exec_log: Path, gwconf: Any
+) -> None:
     """Many held calls, each hit at once by approve, deny and its own expiry: one decision each."""
     n = 24
     rule = {**HOLD, "approval": {"approvers": "oncall", "timeout": "3s"}}

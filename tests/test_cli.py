@@ -33,10 +33,23 @@ def test_tools_lists_risk_classes_from_annotations_and_names(tmp_path: Path, exe
 
 
 def test_check_prints_the_effective_decision_per_tool(tmp_path: Path, exec_log: Path) -> None:
-    cfg = {"upstreams": {"echo": stdio_echo(exec_log)}, "approvers": APPROVERS, "policy": {
-        "default": "deny", "hide": ["crash"], "rules": [
-            HOLD, {"name": "reads", "tools": "echo", "action": "allow",
-                   "rate_limit": {"max": 5, "window": "1m", "per": "identity"}}]}}
+    cfg = {
+        "upstreams": {"echo": stdio_echo(exec_log)},
+        "approvers": APPROVERS,
+        "policy": {
+            "default": "deny",
+            "hide": ["crash"],
+            "rules": [
+                HOLD,
+                {
+                    "name": "reads",
+                    "tools": "echo",
+                    "action": "allow",
+                    "rate_limit": {"max": 5, "window": "1m", "per": "identity"},
+                },
+            ],
+        },
+    }
     out = signoff("check", str(write_config(cfg, tmp_path / "c.yaml")))
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line for line in out.stdout.splitlines()[3:]}
@@ -47,16 +60,23 @@ def test_check_prints_the_effective_decision_per_tool(tmp_path: Path, exec_log: 
 
 
 def test_check_refuses_an_invalid_policy_with_every_error(tmp_path: Path, exec_log: Path) -> None:
-    cfg = {"upstreams": {"echo": stdio_echo(exec_log)}, "policy": {
-        "default": "maybe", "rules": [{"tools": "x", "action": "allow", "when": [{"path": "a", "op": "gt",
-                                                                                     "value": "ten"}]},
-                                      {"tools": "y", "action": "require_approval",
-                                       "approval": {"approvers": "nobody"}}]}}
+    cfg = {
+        "upstreams": {"echo": stdio_echo(exec_log)},
+        "policy": {
+            "default": "maybe",
+            "rules": [
+                {"tools": "x", "action": "allow", "when": [{"path": "a", "op": "gt", "value": "ten"}]},
+                {"tools": "y", "action": "require_approval", "approval": {"approvers": "nobody"}},
+            ],
+        },
+    }
     out = signoff("check", str(write_config(cfg, tmp_path / "c.yaml")))
     assert out.returncode == 2
     assert "policy: default:" in out.stderr and "policy: rules.0.when.0.value" in out.stderr
-    cfg["policy"] = {"default": "allow", "rules": [{"tools": "y", "action": "require_approval",
-                                                    "approval": {"approvers": "nobody"}}]}
+    cfg["policy"] = {
+        "default": "allow",
+        "rules": [{"tools": "y", "action": "require_approval", "approval": {"approvers": "nobody"}}],
+    }
     out = signoff("check", str(write_config(cfg, tmp_path / "c2.yaml")))
     assert out.returncode == 2 and "approver group 'nobody', which is not defined" in out.stderr
 
@@ -72,7 +92,10 @@ def test_init_writes_a_starting_policy_that_loads(tmp_path: Path, exec_log: Path
     assert rules["reads are allowed"]["tools"] == ["echo"]
     assert rules["writes are rate-limited"]["rate_limit"]["max"] > 0
     assert signoff("init", str(path), "-o", str(target)).returncode == 1  # no silent overwrite
-    cfg = yaml.safe_load(path.read_text()) | {"policy": str(target), "approvers": {"oncall": {"users": ["a"]}}}
+    cfg = yaml.safe_load(path.read_text()) | {
+        "policy": str(target),
+        "approvers": {"oncall": {"users": ["a"]}},
+    }
     assert signoff("check", str(write_config(cfg, tmp_path / "with-policy.yaml"))).returncode == 0
 
 
@@ -83,16 +106,26 @@ async def test_approvals_cli_lists_and_decides_on_a_running_gateway(tmp_path: Pa
             [pending] = await Admin(gw.control_url).pending()
             listed = await asyncio.to_thread(signoff, "approvals", "list", "--config", str(gw.config_path))
             assert pending["id"] in listed.stdout and "delete_thing" in listed.stdout
-            denied = await asyncio.to_thread(signoff, "approvals", "deny", pending["id"], "--config",
-                                             str(gw.config_path), "--as", "alice")
+            denied = await asyncio.to_thread(
+                signoff, "approvals", "deny", pending["id"], "--config", str(gw.config_path), "--as", "alice"
+            )
             assert denied.returncode == 2 and "--reason" in denied.stderr
-            ok = await asyncio.to_thread(signoff, "approvals", "approve", pending["id"], "--config",
-                                         str(gw.config_path), "--as", "alice")
+            ok = await asyncio.to_thread(
+                signoff,
+                "approvals",
+                "approve",
+                pending["id"],
+                "--config",
+                str(gw.config_path),
+                "--as",
+                "alice",
+            )
             assert ok.returncode == 0 and ok.stdout.strip() == "Approved."
             result, _ = await asyncio.wait_for(task, 10)
             assert result.content[0].text == "deleted via-cli"
-            again = await asyncio.to_thread(signoff, "approvals", "approve", pending["id"], "--config",
-                                            str(gw.config_path), "--as", "bob")
+            again = await asyncio.to_thread(
+                signoff, "approvals", "approve", pending["id"], "--config", str(gw.config_path), "--as", "bob"
+            )
             assert again.returncode == 1 and "Already approved by alice" in again.stdout
 
 

@@ -188,7 +188,9 @@ async def test_bearer_tokens_and_identity_scoped_rules(tmp_path: Path, exec_log:
         assert secret not in log
 
 
-async def test_a_session_cannot_be_used_with_another_identitys_token(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+async def test_a_session_cannot_be_used_with_another_identitys_token(
+    tmp_path: Path, exec_log: Path, gwconf: Any
+) -> None:
     identities = {"a": {"token_env": "TOKEN_A"}, "b": {"token_env": "TOKEN_B"}}
     config = gwconf(None, identities=identities)
     with running_gateway(config, tmp_path, env={"TOKEN_A": "token-of-a", "TOKEN_B": "token-of-b"}) as gw:
@@ -322,7 +324,9 @@ async def test_shadow_mode_records_but_enforces_nothing(tmp_path: Path, exec_log
     assert len(executions(exec_log, "delete_thing")) == 1
 
 
-async def test_audit_records_every_outcome_with_secrets_redacted(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+async def test_audit_records_every_outcome_with_secrets_redacted(
+    tmp_path: Path, exec_log: Path, gwconf: Any
+) -> None:
     pol = {"default": "allow", "rules": [{"tools": "fail", "action": "deny", "reason": "no"}]}
     with running_gateway(gwconf(pol, max_argument_bytes=2000), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
