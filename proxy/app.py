@@ -346,7 +346,10 @@ class App:
     def bind_http(self) -> socket.socket:
         """Open the agent-facing socket now, so a taken port fails at start with a clear message."""
         listen = self.config.listen
-        sock = socket.socket(socket.AF_INET6 if ":" in listen.host else socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        # proto must say TCP: asyncio only disables Nagle (TCP_NODELAY) on sockets that do, and without
+        # it every keep-alive response waits ~40 ms for the client's delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((listen.host, listen.port))
