@@ -38,7 +38,7 @@ from proxy.policies import PolicySet
 from proxy.ratelimit import MemoryRateLimiter
 from proxy.sessions import Downstream
 from proxy.shared_limits import DatabaseRateLimiter
-from proxy.store import Approval, AuditRecord, Store
+from proxy.store import Approval, Store
 from proxy.upstreams import Upstream
 from proxy.webui import ApprovalsApi, WebChannel
 
@@ -305,23 +305,21 @@ class App:
         if self.audit is None:
             return
         self.audit.record(
-            AuditRecord(
-                call_id=approval.id,
-                identity=approval.identity,
-                session_id=approval.session_id,
-                client_name=approval.client_name,
-                upstream=approval.upstream,
-                tool=approval.tool,
-                arguments={},
-                decision=event,
-                rule=approval.rule,
-                approval_id=approval.id,
-                approvers=user,
-                reason=detail,
-                outcome="ignored",
-                replica=self.replica,
-                policy_revision=approval.policy_revision,
-            )
+            call_id=approval.id,
+            identity=approval.identity,
+            session_id=approval.session_id,
+            client_name=approval.client_name,
+            upstream=approval.upstream,
+            tool=approval.tool,
+            arguments={},
+            decision=event,
+            rule=approval.rule,
+            approval_id=approval.id,
+            approvers=user,
+            reason=detail,
+            outcome="ignored",
+            replica=self.replica,
+            policy_revision=approval.policy_revision,
         )
 
     def install_signal_handlers(self) -> None:

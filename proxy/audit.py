@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from typing import Any
 
 from proxy.metrics import Metrics
 from proxy.redact import redact
-from proxy.store import AuditRecord, Store
+from proxy.store import Store, utcnow
 
 # Argument strings longer than this are cut in audit records (the full call is the upstream's business).
 MAX_AUDIT_TEXT = 4096
@@ -30,15 +31,20 @@ class AuditLog:
         self.interval = interval
         self.batch = batch
         self.healthy = True
-        self._buffer: deque[AuditRecord] = deque()
-        self._failed: list[AuditRecord] = []
+        self._buffer: deque[dict[str, Any]] = deque()
+        self._failed: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    def record(self, rec: AuditRecord) -> None:
-        """Queue a record; never blocks. Its arguments are redacted when written, off the call path."""
-        self._buffer.append(rec)
+    def record(self, **fields: Any) -> None:
+        """Queue a record (the `audit` table's columns); never blocks.
+
+        Plain dicts, not ORM objects: building a SQLModel row costs more than the rest of an allowed
+        call. Arguments are redacted when written, off the call path.
+        """
+        fields.setdefault("at", utcnow())
+        self._buffer.append(fields)
         if len(self._buffer) >= self.batch:
             self._wake.set()
 
@@ -64,7 +70,7 @@ class AuditLog:
                 batch, self._failed = self._failed, []
                 while self._buffer and len(batch) < self.batch:
                     rec = self._buffer.popleft()
-                    rec.arguments = redact(rec.arguments, MAX_AUDIT_TEXT)
+                    rec["arguments"] = redact(rec.get("arguments") or {}, MAX_AUDIT_TEXT)
                     batch.append(rec)
                 try:
                     await self.store.write_audit(batch)

@@ -24,7 +24,7 @@ from proxy.policy import Decision
 from proxy.ratelimit import RateLimiter, check_limits, release_limits
 from proxy.results import refusal
 from proxy.risk import classify
-from proxy.store import APPROVED, DENIED, EXPIRED, PENDING, WITHDRAWN, Approval, AuditRecord, utcnow
+from proxy.store import APPROVED, DENIED, EXPIRED, PENDING, WITHDRAWN, Approval, utcnow
 from proxy.upstreams import UpstreamError
 
 log = logging.getLogger("signoff.pipeline")
@@ -289,25 +289,23 @@ class Pipeline:
         if self.audit is None:
             return
         self.audit.record(
-            AuditRecord(
-                call_id=call.id,
-                identity=call.identity.name,
-                session_id=call.session_id,
-                client_name=call.client_name,
-                upstream=call.upstream,
-                tool=call.public_name,
-                arguments=call.arguments,  # redacted by the audit writer, off the call path
-                decision=record.decision,
-                enforced=record.verdict.enforced,
-                rule=record.rule,
-                approval_id=record.approval_id,
-                approvers=record.approvers,
-                reason=record.reason,
-                latency_ms=round(elapsed * 1000, 3),
-                outcome=record.outcome or "unknown",
-                replica=self.replica,
-                policy_revision=record.verdict.revision,
-            )
+            call_id=call.id,
+            identity=call.identity.name,
+            session_id=call.session_id,
+            client_name=call.client_name,
+            upstream=call.upstream,
+            tool=call.public_name,
+            arguments=call.arguments,  # redacted by the audit writer, off the call path
+            decision=record.decision,
+            enforced=record.verdict.enforced,
+            rule=record.rule,
+            approval_id=record.approval_id,
+            approvers=record.approvers,
+            reason=record.reason,
+            latency_ms=round(elapsed * 1000, 3),
+            outcome=record.outcome or "unknown",
+            replica=self.replica,
+            policy_revision=record.verdict.revision,
         )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, event, func, inspect, text, update
+from sqlalchemy import JSON, Column, Index, event, func, insert, inspect, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -313,9 +313,10 @@ class Store:
 
     # -- audit -------------------------------------------------------------------------------
 
-    async def write_audit(self, records: Sequence[AuditRecord]) -> None:
+    async def write_audit(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert audit rows in one statement (Core executemany: no ORM objects to build)."""
         async with self.sessions() as s:
-            s.add_all(records)
+            await s.exec(insert(AuditRecord), params=[_audit_row(r) for r in rows])
             await s.commit()
 
     async def audit(
@@ -423,6 +424,28 @@ class Store:
             if row is not None:
                 await s.delete(row)
                 await s.commit()
+
+
+_AUDIT_DEFAULTS = {
+    "session_id": "",
+    "client_name": None,
+    "upstream": "",
+    "arguments": {},
+    "enforced": True,
+    "rule": None,
+    "approval_id": None,
+    "approvers": None,
+    "reason": None,
+    "latency_ms": 0.0,
+    "outcome": "",
+    "replica": "",
+    "policy_revision": "",
+}
+
+
+def _audit_row(fields: dict[str, Any]) -> dict[str, Any]:
+    # executemany needs every row to name the same columns.
+    return {**_AUDIT_DEFAULTS, **fields}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
