@@ -90,10 +90,12 @@ class HeldCall:
 
     def __init__(self, approval: Approval) -> None:
         self.approval = approval
+        self.row: Approval | None = None  # the decided row, when whoever settled it had it at hand
         self.future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    def settle(self, status: str) -> None:
+    def settle(self, status: str, row: Approval | None = None) -> None:
         if not self.future.done():
+            self.row = row
             self.future.set_result(status)
 
     async def wait(self, report: Callable[[float], Awaitable[None]] | None, every: float) -> str:
@@ -154,12 +156,12 @@ class Broker:
     async def sweep(self, live_instances: list[str]) -> None:
         """Expire overdue requests; withdraw held ones whose process is gone (safe on every replica)."""
         for approval_id in await self.store.expire_overdue():
-            await self._finished(approval_id, EXPIRED)
+            await self._finished_id(approval_id)
         orphans = await self.store.withdraw_orphans(
             [*live_instances, self.instance], "the gateway holding the call restarted"
         )
         for approval_id in orphans:
-            await self._finished(approval_id, WITHDRAWN)
+            await self._finished_id(approval_id)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -244,13 +246,12 @@ class Broker:
             raise
         finally:
             self.held.pop(approval.id, None)
-        row = await self.store.approval(approval.id) or approval
+        row = held.row or await self.store.approval(approval.id) or approval
         return Outcome(status, row, row.decision_reason)
 
     async def claim(self, approval: Approval) -> bool:
         """Take an approved request for execution; True exactly once per approval."""
-        won = await self.store.transition(approval.id, APPROVED, EXECUTED, executed_at=utcnow())
-        return won
+        return await self.store.transition(approval.id, APPROVED, EXECUTED, executed_at=utcnow()) is not None
 
     async def lookup_pending_mode(self, call: ToolCall) -> Approval | None:
         """Pending mode's call-again: the latest request for the same identity, tool and exact arguments."""
@@ -287,7 +288,8 @@ class Broker:
                 False, PENDING, "You cannot decide a call that an agent made on your behalf.", refused=True
             )
         now = utcnow()
-        if approve:
+        voters = [user]
+        if approve and approval.quorum > 1:
             count = await self.store.add_vote(approval_id, user)
             if count is None:
                 return ClickResult(False, PENDING, "You have already approved this request.")
@@ -295,41 +297,42 @@ class Broker:
             if count < approval.quorum:
                 await self._update_channel(approval, voters)
                 return ClickResult(True, PENDING, f"Approval recorded: {count} of {approval.quorum}.")
+        if approve:
             won = await self.store.transition(
                 approval_id, PENDING, APPROVED, decided_at=now, decided_by=",".join(voters)
             )
-            status = APPROVED
         else:
             won = await self.store.transition(
                 approval_id, PENDING, DENIED, decided_at=now, decided_by=user, decision_reason=reason
             )
-            status = DENIED
-        if not won:
+        if won is None:
             current = await self.store.approval(approval_id) or approval
             self._event("late_click", current, user, current.status)
             return ClickResult(False, current.status, already_decided(current))
-        await self._finished(approval_id, status)
-        return ClickResult(True, status, "Approved." if approve else "Denied.")
+        await self._finished(won, voters if approve else [])
+        return ClickResult(True, won.status, "Approved." if approve else "Denied.")
 
     async def expire(self, approval_id: str) -> None:
         """The timer fired: expire the request if it is still pending."""
-        if await self.store.transition(
+        row = await self.store.transition(
             approval_id, PENDING, EXPIRED, decided_at=utcnow(), decided_by="(timeout)"
-        ):
-            await self._finished(approval_id, EXPIRED)
+        )
+        if row is not None:
+            await self._finished(row)
 
     async def withdraw(self, approval_id: str, reason: str) -> None:
         """The caller went away: nothing will run, even if someone approves later."""
         # An approved-but-not-yet-run hold request is withdrawn too: its caller is gone.
-        if await self.store.transition(
+        row = await self.store.transition(
             approval_id,
             [PENDING, APPROVED],
             WITHDRAWN,
             decided_at=utcnow(),
             decided_by="(agent)",
             decision_reason=reason,
-        ):
-            await self._finished(approval_id, WITHDRAWN)
+        )
+        if row is not None:
+            await self._finished(row)
 
     def report_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
         """After an approved call ran: record and announce what happened, off the agent's path."""
@@ -378,15 +381,20 @@ class Broker:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _finished(self, approval_id: str, status: str) -> None:
+    async def _finished(self, row: Approval, voters: list[str] | None = None) -> None:
         """We won the decision: wake the waiter, stop the timer, rewrite the message."""
-        self._unschedule(approval_id)
-        held = self.held.get(approval_id)
+        self._unschedule(row.id)
+        held = self.held.get(row.id)
         if held is not None:
-            held.settle(status)
-        approval = await self.store.approval(approval_id)
-        if approval is not None:
-            await self._update_channel(approval, await self.store.voters(approval_id))
+            held.settle(row.status, row)
+        if voters is None:
+            voters = await self.store.voters(row.id) if row.quorum > 1 else []
+        await self._update_channel(row, voters)
+
+    async def _finished_id(self, approval_id: str) -> None:
+        row = await self.store.approval(approval_id)
+        if row is not None:
+            await self._finished(row)
 
     async def _update_channel(self, approval: Approval, voters: list[str]) -> None:
         try:

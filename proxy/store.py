@@ -6,12 +6,15 @@ is an `UPDATE … WHERE status = 'pending'`, so the first one wins whatever proc
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, event, func, insert, inspect, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -152,13 +155,19 @@ class Store:
         self.is_postgres = url.startswith("postgresql")
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs.update(connect_args={"timeout": 30}, pool_size=20, max_overflow=20)
         else:
             kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        # SQLite allows one writer at a time; queueing our own writes here is far cheaper than letting
+        # them collide in SQLite's busy handler, which sleeps between retries.
+        self._write_lock = asyncio.Lock()
+
+    def _writing(self) -> Any:
+        return self._write_lock if self.is_sqlite else contextlib.nullcontext()
 
     async def open(self) -> None:
         """Create missing tables and apply pending migrations (safe when several replicas start at once)."""
@@ -186,7 +195,7 @@ class Store:
     # -- approvals ---------------------------------------------------------------------------
 
     async def add_approval(self, row: Approval) -> None:
-        async with self.sessions() as s:
+        async with self._writing(), self.sessions() as s:
             s.add(row)
             await s.commit()
 
@@ -207,35 +216,40 @@ class Store:
 
     async def transition(
         self, approval_id: str, from_status: str | Sequence[str], to_status: str, **values: Any
-    ) -> bool:
-        """Atomically move an approval from one state to another; False if someone else moved it first."""
+    ) -> Approval | None:
+        """Atomically move an approval from one state to another.
+
+        Returns the updated row, or None if someone else moved it first (the caller lost the race).
+        """
         froms = [from_status] if isinstance(from_status, str) else list(from_status)
-        async with self.sessions() as s:
+        async with self._writing(), self.sessions() as s:
             result = await s.exec(
                 update(Approval)
                 .where(col(Approval.id) == approval_id, col(Approval.status).in_(froms))
                 .values(status=to_status, **values)
+                .returning(Approval)
             )
-            if result.rowcount == 1 and self.is_postgres:
+            row = result.scalars().first()
+            if row is not None and self.is_postgres:
                 await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
             await s.commit()
-            return result.rowcount == 1
+            return row
 
     async def set_fields(self, approval_id: str, **values: Any) -> None:
-        async with self.sessions() as s:
+        async with self._writing(), self.sessions() as s:
             await s.exec(update(Approval).where(col(Approval.id) == approval_id).values(**values))
             await s.commit()
 
     async def add_vote(self, approval_id: str, user: str) -> int | None:
         """Record an approve vote; returns the distinct approvers so far, or None if `user` already voted."""
-        async with self.sessions() as s:
+        async with self._writing(), self.sessions() as s:
             existing = await s.exec(select(Vote).where(Vote.approval_id == approval_id, Vote.user == user))
             if existing.first() is not None:
                 return None
             s.add(Vote(approval_id=approval_id, user=user))
             try:
                 await s.commit()
-            except Exception:  # the unique index: a concurrent double click
+            except IntegrityError:  # the unique index: a concurrent double click
                 await s.rollback()
                 return None
             count = await s.exec(
@@ -264,7 +278,7 @@ class Store:
     async def expire_overdue(self, now: datetime | None = None) -> list[str]:
         """Expire every pending approval past its deadline; returns the ids this call expired."""
         now = now or utcnow()
-        async with self.sessions() as s:
+        async with self._writing(), self.sessions() as s:
             rows = await s.exec(
                 update(Approval)
                 .where(col(Approval.status) == PENDING, col(Approval.expires_at) <= now)
@@ -281,7 +295,7 @@ class Store:
     async def withdraw_orphans(self, live_instances: Sequence[str], reason: str) -> list[str]:
         """Withdraw held (hold-mode) pending approvals whose holding process is gone."""
         now = utcnow()
-        async with self.sessions() as s:
+        async with self._writing(), self.sessions() as s:
             rows = await s.exec(
                 update(Approval)
                 .where(
@@ -315,7 +329,7 @@ class Store:
 
     async def write_audit(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert audit rows in one statement (Core executemany: no ORM objects to build)."""
-        async with self.sessions() as s:
+        async with self._writing(), self.sessions() as s:
             await s.exec(insert(AuditRecord), params=[_audit_row(r) for r in rows])
             await s.commit()
 
@@ -403,7 +417,7 @@ class Store:
     async def heartbeat(
         self, instance: str, name: str, host: str = "", pid: int = 0, front: str = ""
     ) -> None:
-        async with self.sessions() as s:
+        async with self._writing(), self.sessions() as s:
             row = await s.get(Replica, instance)
             if row is None:
                 s.add(Replica(instance=instance, name=name, host=host, pid=pid, front=front))
@@ -419,7 +433,7 @@ class Store:
             return list((await s.exec(select(Replica).where(Replica.seen_at >= cutoff))).all())
 
     async def forget_instance(self, instance: str) -> None:
-        async with self.sessions() as s:
+        async with self._writing(), self.sessions() as s:
             row = await s.get(Replica, instance)
             if row is not None:
                 await s.delete(row)
