@@ -32,8 +32,11 @@ _SECRET_VALUE = re.compile(
     r"|rpa_[A-Za-z0-9]{20,}"  # RunPod
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"
 )
+# Bounded repetitions keep this linear: an unbounded `[a-z0-9+.-]*` before `://` backtracks
+# quadratically on long runs of letters (a 100 KB argument took over a minute).
 _URL_PASSWORD = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/\s:@]+):(?P<pw>[^/\s@]+)@", re.IGNORECASE
+    r"(?P<scheme>\b[a-z][a-z0-9+.-]{0,31}://)(?P<user>[^/\s:@]{1,256}):(?P<pw>[^/\s@]{1,1024})@",
+    re.IGNORECASE,
 )
 
 _MAX_DEPTH = 64
