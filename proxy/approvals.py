@@ -297,7 +297,13 @@ class Broker:
             if count < approval.quorum:
                 await self._update_channel(approval, voters)
                 return ClickResult(True, PENDING, f"Approval recorded: {count} of {approval.quorum}.")
-        if approve:
+        if approve and approval.mode == "hold" and approval_id in self.held:
+            # We hold the call ourselves: approve and claim it in one statement, so the call is
+            # dispatched straight from the decision (one write on the path, not two).
+            won = await self.store.transition(
+                approval_id, PENDING, EXECUTED, decided_at=now, decided_by=",".join(voters), executed_at=now
+            )
+        elif approve:
             won = await self.store.transition(
                 approval_id, PENDING, APPROVED, decided_at=now, decided_by=",".join(voters)
             )
@@ -310,7 +316,7 @@ class Broker:
             self._event("late_click", current, user, current.status)
             return ClickResult(False, current.status, already_decided(current))
         await self._finished(won, voters if approve else [])
-        return ClickResult(True, won.status, "Approved." if approve else "Denied.")
+        return ClickResult(True, APPROVED if approve else DENIED, "Approved." if approve else "Denied.")
 
     async def expire(self, approval_id: str) -> None:
         """The timer fired: expire the request if it is still pending."""

@@ -24,7 +24,7 @@ from proxy.policy import Decision
 from proxy.ratelimit import RateLimiter, check_limits, release_limits
 from proxy.results import refusal
 from proxy.risk import classify
-from proxy.store import APPROVED, DENIED, EXPIRED, PENDING, WITHDRAWN, Approval, utcnow
+from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, utcnow
 from proxy.upstreams import UpstreamError
 
 log = logging.getLogger("signoff.pipeline")
@@ -208,9 +208,10 @@ class Pipeline:
             record.approval_id = approval.id
             outcome = await self.broker.wait(approval, _reporter(call))
             approval = outcome.approval
-            self._refuse_unless_approved(call, outcome, record)
-            if not await self.broker.claim(approval):
-                raise Refused(_closed_result(call, WITHDRAWN, approval, None), WITHDRAWN)
+            if outcome.status != EXECUTED:  # EXECUTED: approved here and claimed for us already
+                self._refuse_unless_approved(call, outcome, record)
+                if not await self.broker.claim(approval):
+                    raise Refused(_closed_result(call, WITHDRAWN, approval, None), WITHDRAWN)
         record.approval_id = approval.id
         record.approvers = approval.decided_by
         self._recheck_policy(call, verdict, approval, record)
