@@ -13,10 +13,18 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server import Server
+from mcp.server.caching import CACHEABLE_METHODS, CacheHint
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.shared.exceptions import MCPError
-from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    LOG_LEVEL_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+)
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.calls import ToolCall, UnknownTool
@@ -97,7 +105,9 @@ class Gateway:
     # -- server ------------------------------------------------------------------------------
 
     def _build_server(self, name: str) -> Server[Any]:
-        server = _GatewayServer(name, version="0.1.0", instructions=None)
+        # Results depend on the caller's identity and the live policy: never cacheable by clients.
+        no_cache = {m: CacheHint(ttl_ms=0, scope="private") for m in CACHEABLE_METHODS}
+        server = _GatewayServer(name, version="0.1.0", instructions=None, cache_hints=no_cache)
         server.gateway = self
         handlers: dict[str, Callable[[Ctx, Any], Awaitable[Any]]] = {
             "tools/list": self.list_tools,
@@ -115,7 +125,7 @@ class Gateway:
         # Handlers read the raw params (ctx.params): the SDK has already checked them against the
         # protocol surface, and forwarding the raw dict keeps every field the client sent.
         for method, handler in handlers.items():
-            server.add_request_handler(method, types.RequestParams, handler)
+            server.add_request_handler(method, types.RequestParams, _era_shaped(handler))
         server.add_notification_handler(
             "notifications/roots/list_changed", types.NotificationParams, self.roots_list_changed
         )
@@ -206,7 +216,7 @@ class Gateway:
             tool=resolved[1] if resolved is not None else public,
             public_name=public,
             arguments=arguments if isinstance(arguments, dict) else {},
-            meta={k: v for k, v in meta.items() if k != "progressToken"},
+            meta=upstream_meta(meta),
             progress=ctx.session.report_progress if "progressToken" in meta else None,
             tool_info=None,
         )
@@ -482,14 +492,13 @@ class Gateway:
             if ctx is None:
                 return await link.request(method, params, timeout=up.config.call_timeout)
             progress = None
-            if "progressToken" in ((params or {}).get("_meta") or {}):
-                # The upstream gets a token of our own; its progress is relayed under the client's.
-                progress = ctx.session.report_progress
+            meta = (params or {}).get("_meta")
+            if meta:
+                # The upstream gets a progress token of our own; its progress is relayed under the client's.
+                progress = ctx.session.report_progress if "progressToken" in meta else None
                 params = dict(params or {})
-                meta = {k: v for k, v in params["_meta"].items() if k != "progressToken"}
-                if meta:
-                    params["_meta"] = meta
-                else:
+                params["_meta"] = upstream_meta(meta)
+                if not params["_meta"]:
                     del params["_meta"]
             with down.tracking(up.name, ctx):
                 return await link.request(
@@ -497,6 +506,36 @@ class Gateway:
                 )
         except UpstreamError as e:
             raise MCPError(INTERNAL_ERROR, str(e), {"reason": e.reason, "upstream": up.name}) from None
+
+
+def _era_shaped(handler: Callable[[Ctx, Any], Awaitable[Any]]) -> Callable[[Ctx, Any], Awaitable[Any]]:
+    """Give a raw result the `resultType` the 2026-07-28 wire requires (older upstreams never send it)."""
+
+    async def shaped(ctx: Ctx, params: Any) -> Any:
+        result = await handler(ctx, params)
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and isinstance(result, dict):
+            result.setdefault("resultType", "complete")
+        return result
+
+    return shaped
+
+
+# Per-connection envelope keys of the 2026-07-28 protocol: they describe the client's connection to
+# us, not ours to the upstream (which may speak an older protocol and would reject them).
+_ENVELOPE_KEYS = frozenset(
+    {
+        "progressToken",
+        PROTOCOL_VERSION_META_KEY,
+        CLIENT_INFO_META_KEY,
+        CLIENT_CAPABILITIES_META_KEY,
+        LOG_LEVEL_META_KEY,
+    }
+)
+
+
+def upstream_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The client's `_meta` as forwarded upstream: everything but connection-envelope keys."""
+    return {k: v for k, v in meta.items() if k not in _ENVELOPE_KEYS}
 
 
 def _unknown_tool(name: str) -> MCPError:
