@@ -289,24 +289,30 @@ class Broker:
             )
         now = utcnow()
         voters = [user]
+        # We hold the call ourselves: approve and claim it in one statement, so the call is dispatched
+        # straight from the decision (one write on the path, not two).
+        local = approval.mode == "hold" and approval_id in self.held
+        final = {"status": EXECUTED, "executed_at": now} if local else {"status": APPROVED}
         if approve and approval.quorum > 1:
-            count = await self.store.add_vote(approval_id, user)
+            count, won = await self.store.vote(approval_id, user, approval.quorum, decided_at=now, **final)
             if count is None:
-                return ClickResult(False, PENDING, "You have already approved this request.")
+                current = await self.store.approval(approval_id) or approval
+                if current.status == PENDING:
+                    return ClickResult(False, PENDING, "You have already approved this request.")
+                self._event("late_click", current, user, current.status)
+                return ClickResult(False, current.status, already_decided(current))
             voters = await self.store.voters(approval_id)
-            if count < approval.quorum:
+            if won is None:
                 await self._update_channel(approval, voters)
                 return ClickResult(True, PENDING, f"Approval recorded: {count} of {approval.quorum}.")
-        if approve and approval.mode == "hold" and approval_id in self.held:
-            # We hold the call ourselves: approve and claim it in one statement, so the call is
-            # dispatched straight from the decision (one write on the path, not two).
+            await self._finished(won, voters)
+            return ClickResult(True, APPROVED, "Approved.")
+        if approve and local:
             won = await self.store.transition(
-                approval_id, PENDING, EXECUTED, decided_at=now, decided_by=",".join(voters), executed_at=now
+                approval_id, PENDING, EXECUTED, decided_at=now, decided_by=user, executed_at=now
             )
         elif approve:
-            won = await self.store.transition(
-                approval_id, PENDING, APPROVED, decided_at=now, decided_by=",".join(voters)
-            )
+            won = await self.store.transition(approval_id, PENDING, APPROVED, decided_at=now, decided_by=user)
         else:
             won = await self.store.transition(
                 approval_id, PENDING, DENIED, decided_at=now, decided_by=user, decision_reason=reason

@@ -7,6 +7,7 @@ this module only strings them together and turns every way a call can end into o
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -134,7 +135,7 @@ class Pipeline:
                 limit, retry_after = over
                 record.decision = "rate_limited"
                 record.rule = limit.rule or record.rule
-                retry = round(retry_after, 1)
+                retry = math.ceil(retry_after * 10) / 10  # rounded up: retrying at this time works
                 text = (
                     limit.reason or f"Rate limit reached: at most {limit.max} calls per {_span(limit.window)}"
                 )

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, event, func, insert, inspect, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import JSON, Column, Index, case, event, func, insert, inspect, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -240,22 +239,54 @@ class Store:
             await s.exec(update(Approval).where(col(Approval.id) == approval_id).values(**values))
             await s.commit()
 
-    async def add_vote(self, approval_id: str, user: str) -> int | None:
-        """Record an approve vote; returns the distinct approvers so far, or None if `user` already voted."""
+    async def vote(
+        self, approval_id: str, user: str, quorum: int, **approve_values: Any
+    ) -> tuple[int | None, Approval | None]:
+        """Record `user`'s approve vote and, if it completes the quorum, approve — in one transaction.
+
+        Returns (distinct approvers so far, the approved row if this vote approved it). The count is None
+        when `user` already voted or the request is no longer pending. A failure anywhere leaves no vote
+        behind, so the click can simply be repeated.
+        """
         async with self._writing(), self.sessions() as s:
-            existing = await s.exec(select(Vote).where(Vote.approval_id == approval_id, Vote.user == user))
-            if existing.first() is not None:
-                return None
-            s.add(Vote(approval_id=approval_id, user=user))
-            try:
-                await s.commit()
-            except IntegrityError:  # the unique index: a concurrent double click
+            # Locks the row on PostgreSQL, so concurrent voters count each other's votes.
+            status = (
+                await s.exec(select(Approval.status).where(Approval.id == approval_id).with_for_update())
+            ).first()
+            if status != PENDING:
                 await s.rollback()
-                return None
-            count = await s.exec(
-                select(func.count()).select_from(Vote).where(Vote.approval_id == approval_id)
+                return None, None
+            already = await s.exec(select(Vote.id).where(Vote.approval_id == approval_id, Vote.user == user))
+            if already.first() is not None:
+                await s.rollback()
+                return None, None
+            s.add(Vote(approval_id=approval_id, user=user))
+            await s.flush()
+            count = int(
+                (
+                    await s.exec(
+                        select(func.count()).select_from(Vote).where(Vote.approval_id == approval_id)
+                    )
+                ).one()
             )
-            return int(count.one())
+            row = None
+            if count >= quorum:
+                voters = (
+                    await s.exec(
+                        select(Vote.user).where(Vote.approval_id == approval_id).order_by(col(Vote.at))
+                    )
+                ).all()
+                result = await s.exec(
+                    update(Approval)
+                    .where(col(Approval.id) == approval_id, col(Approval.status) == PENDING)
+                    .values(decided_by=",".join(voters), **approve_values)
+                    .returning(Approval)
+                )
+                row = result.scalars().first()
+                if row is not None and self.is_postgres:
+                    await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
+            await s.commit()
+            return count, row
 
     async def voters(self, approval_id: str) -> list[str]:
         async with self.sessions() as s:
@@ -299,11 +330,20 @@ class Store:
             rows = await s.exec(
                 update(Approval)
                 .where(
-                    col(Approval.status) == PENDING,
+                    # An approved hold request whose holder died before claiming it will never run either.
+                    col(Approval.status).in_([PENDING, APPROVED]),
                     col(Approval.mode) == "hold",
                     col(Approval.holder).not_in(list(live_instances)),
                 )
-                .values(status=WITHDRAWN, decided_at=now, decided_by="(restart)", decision_reason=reason)
+                .values(
+                    status=WITHDRAWN,
+                    decision_reason=reason,
+                    # Keep who approved (and when) on a request that was approved before its holder died.
+                    decided_at=case((col(Approval.status) == PENDING, now), else_=col(Approval.decided_at)),
+                    decided_by=case(
+                        (col(Approval.status) == PENDING, "(restart)"), else_=col(Approval.decided_by)
+                    ),
+                )
                 .returning(col(Approval.id))
             )
             ids = [r[0] for r in rows.all()]
