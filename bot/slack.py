@@ -392,6 +392,10 @@ class SlackChannel:
         """One decision through the broker; tell the clicker privately when it changed nothing."""
         user = str((body.get("user") or {}).get("id", ""))
         verb = "approve" if approve else "deny"
+        foreign = await self._foreign(body, approval_id, user)
+        if foreign is not None:
+            await self._tell(body, approval_id, blocks.escape(foreign))
+            return
         try:
             result = await self.host.decide(approval_id, approve, user, reason)
         except Exception as e:
@@ -402,6 +406,28 @@ class SlackChannel:
         log.info("approval %s: %s by %s -> %s (%s)", approval_id, verb, user, result.status, result.accepted)
         if not result.accepted:
             await self._tell(body, approval_id, await self._click_message(approval_id, result))
+
+    async def _foreign(self, body: dict[str, Any], approval_id: str, user: str) -> str | None:
+        """Why a click must not count: it comes from another workspace, or from a channel the request
+        was not posted in (a forwarded or replayed payload). None when it may go to the broker."""
+        team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id")
+        ours = (await self._whoami()).get("team_id")
+        approval = await self.host.store.approval(approval_id)
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+        why = None
+        if team and ours and team != ours:
+            why = "This click came from another Slack workspace; nothing changed."
+        elif (
+            approval is not None
+            and channel
+            and approval.message_channel
+            and channel != approval.message_channel
+        ):
+            why = "This approval request was not posted in this channel; nothing changed."
+        if why is not None and approval is not None:
+            log.warning("approval %s: refused a click by %s: %s", approval_id, user, why)
+            self.host.audit_event("refused_click", approval, user, why)
+        return why
 
     async def _click_message(self, approval_id: str, result: ClickResult) -> str:
         """The broker's message, escaped, with the deciders' user ids turned into mentions."""

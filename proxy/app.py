@@ -220,7 +220,11 @@ class App:
             self.audit.start()
         self.policies.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        log.info("approvals page: %s#token=%s", self.page_url(), self.admin_token)
+        if self.config.control.admin_token:
+            log.info("approvals page: %s (admin token: control.admin_token)", self.page_url())
+        else:
+            # A token generated for this run: printing it is how a local user opens the page.
+            log.info("approvals page: %s#token=%s", self.page_url(), self.admin_token)
         # Give upstreams a moment so the first client sees their capabilities and tools.
         timeout = max(up.config.connect_timeout for up in self.upstreams.values())
         await asyncio.gather(*(up.shared.wait_ready(timeout) for up in self.upstreams.values()))

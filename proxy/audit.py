@@ -8,9 +8,23 @@ import logging
 from collections import deque
 from typing import Any
 
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
+
 from proxy.metrics import Metrics
 from proxy.redact import redact
 from proxy.store import Store, utcnow
+
+
+def _storable(value: Any) -> Any:
+    """Drop NUL characters, which PostgreSQL cannot store in text or JSON."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
 
 # Argument strings longer than this are cut in audit records (the full call is the upstream's business).
 MAX_AUDIT_TEXT = 4096
@@ -71,9 +85,14 @@ class AuditLog:
                 while self._buffer and len(batch) < self.batch:
                     rec = self._buffer.popleft()
                     rec["arguments"] = redact(rec.get("arguments") or {}, MAX_AUDIT_TEXT)
-                    batch.append(rec)
+                    batch.append(_storable(rec))
                 try:
                     await self.store.write_audit(batch)
+                except (DataError, IntegrityError, ProgrammingError) as e:
+                    # The database refuses something in the batch, not the connection: write the rows
+                    # one by one so one bad record cannot hold up (or lose) the others.
+                    log.error("audit batch refused (%s); writing its %d records one by one", e, len(batch))
+                    await self._write_one_by_one(batch)
                 except Exception as e:
                     self._failed = batch
                     if self.healthy:
@@ -84,6 +103,17 @@ class AuditLog:
                 if not self.healthy:
                     log.warning("audit log writable again")
                 self.healthy = True
+
+    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
+        for rec in batch:
+            try:
+                await self.store.write_audit([rec])
+            except (DataError, IntegrityError, ProgrammingError) as e:
+                degraded = {**rec, "arguments": {"_unstorable": str(e)[:500]}, "reason": None}
+                try:
+                    await self.store.write_audit([degraded])
+                except Exception as e2:
+                    log.error("audit record for call %s could not be written: %s", rec.get("call_id"), e2)
 
     async def stop(self) -> None:
         """Stop the writer and flush what is left (retrying briefly if the database is busy)."""

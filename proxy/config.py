@@ -238,20 +238,46 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     return lines
 
 
+MAX_DOCUMENT_VALUES = 100_000
+
+
 def read_document(path: Path) -> Any:
-    """Read a YAML or JSON file; a syntax error becomes a ConfigError naming the line."""
+    """Read a YAML or JSON file; every way it can be unreadable becomes a ConfigError saying why."""
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([f"{path}: cannot read ({e.strerror})"], str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"], str(path)) from None
     try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError([f"{path}: not valid {kind}: {e}"], str(path)) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply to be a config"], str(path)) from None
+    if _count_values(data, MAX_DOCUMENT_VALUES) > MAX_DOCUMENT_VALUES:
+        # YAML aliases can make a small file expand into billions of values ("billion laughs").
         raise ConfigError(
-            [f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}"], str(path)
+            [f"{path}: expands to more than {MAX_DOCUMENT_VALUES} values (YAML aliases?)"], str(path)
         )
+    return data
+
+
+def _count_values(data: Any, limit: int) -> int:
+    """How many values `data` holds once aliases are expanded, counting no further than `limit` + 1."""
+    count, stack = 0, [(data, 0)]
+    while stack and count <= limit:
+        value, depth = stack.pop()
+        count += 1
+        if depth > 100:
+            return limit + 1  # deeper than any config needs
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            count += len(value)
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return count
 
 
 def parse_config(data: Any, base_dir: Path = Path("."), env: dict[str, str] | None = None) -> Config:

@@ -6,6 +6,7 @@ this module only strings them together and turns every way a call can end into o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -130,7 +131,19 @@ class Pipeline:
             )
         limits = decision.rate_limits
         if limits:
-            over = await check_limits(self.limiter, limits, call.identity, call.session_id)
+            try:
+                over = await check_limits(self.limiter, limits, call.identity, call.session_id)
+            except Exception as e:  # the shared counters live in the database: fail closed
+                log.error("rate-limit store unavailable: %s", e)
+                raise Refused(
+                    refusal(
+                        "store_unavailable",
+                        "This call is rate-limited and the gateway cannot reach "
+                        "its rate-limit store right now, so it did not run. Try again shortly.",
+                        has_output_schema=call.has_output_schema,
+                    ),
+                    "store_unavailable",
+                ) from None
             if over is not None:
                 limit, retry_after = over
                 record.decision = "rate_limited"
@@ -151,7 +164,21 @@ class Pipeline:
                 )
         approval = None
         if decision.action == "require_approval":
-            approval = await self._approve(call, verdict, record)
+            try:
+                approval = await self._approve(call, verdict, record)
+            except (Refused, asyncio.CancelledError):
+                raise
+            except Exception as e:  # the approval store cannot be reached: fail closed
+                log.error("approval store unavailable: %s", e)
+                raise Refused(
+                    refusal(
+                        "approval_unavailable",
+                        "This call needs a human approval, but the gateway "
+                        "cannot reach its approval store right now; it did not run.",
+                        has_output_schema=call.has_output_schema,
+                    ),
+                    "approval_unavailable",
+                ) from None
         try:
             result = await forward(call)
         except BaseException as e:
