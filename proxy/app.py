@@ -189,8 +189,7 @@ class App:
             raise StartupError(f"the Slack channel could not be set up: {e}") from e
 
     def page_url(self) -> str:
-        c = self.config.control
-        return f"http://{c.host}:{c.port}/approvals"
+        return f"http://{self.config.control.host}:{self.control.port}/approvals"  # the bound port
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from typing import Any
 
-from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from proxy.metrics import Metrics
 from proxy.redact import redact
@@ -16,14 +17,21 @@ from proxy.store import Store, utcnow
 
 
 def _storable(value: Any) -> Any:
-    """Drop NUL characters, which PostgreSQL cannot store in text or JSON."""
+    """What PostgreSQL can store as JSON: no NUL characters, no NaN or infinite numbers."""
     if isinstance(value, str):
         return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, dict):
         return {_storable(k): _storable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_storable(v) for v in value]
     return value
+
+
+def _is_outage(e: DBAPIError) -> bool:
+    """A lost or refused connection (retry the batch later), rather than a row the database rejects."""
+    return e.connection_invalidated or isinstance(e, OperationalError | InterfaceError)
 
 
 # Argument strings longer than this are cut in audit records (the full call is the upstream's business).
@@ -88,32 +96,41 @@ class AuditLog:
                     batch.append(_storable(rec))
                 try:
                     await self.store.write_audit(batch)
-                except (DataError, IntegrityError, ProgrammingError) as e:
-                    # The database refuses something in the batch, not the connection: write the rows
-                    # one by one so one bad record cannot hold up (or lose) the others.
-                    log.error("audit batch refused (%s); writing its %d records one by one", e, len(batch))
-                    await self._write_one_by_one(batch)
                 except Exception as e:
-                    self._failed = batch
-                    if self.healthy:
-                        log.error("cannot write audit records (%d waiting): %s", self.backlog, e)
-                    self.healthy = False
-                    self.metrics.audit_dropped.inc()
-                    return
+                    if isinstance(e, DBAPIError) and not _is_outage(e):
+                        # The database refuses something in the batch, not the connection: write the
+                        # rows one by one so one bad record cannot hold up (or lose) the others.
+                        log.error(
+                            "audit batch refused (%s); writing its %d records one by one", e, len(batch)
+                        )
+                        batch = await self._write_one_by_one(batch)
+                    if batch:
+                        self._failed = batch
+                        if self.healthy:
+                            log.error("cannot write audit records (%d waiting): %s", self.backlog, e)
+                        self.healthy = False
+                        self.metrics.audit_dropped.inc()
+                        return
                 if not self.healthy:
                     log.warning("audit log writable again")
                 self.healthy = True
 
-    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
-        for rec in batch:
+    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write rows singly, storing a rejected row without its arguments; returns what an outage left."""
+        for n, rec in enumerate(batch):
             try:
-                await self.store.write_audit([rec])
-            except (DataError, IntegrityError, ProgrammingError) as e:
-                degraded = {**rec, "arguments": {"_unstorable": str(e)[:500]}, "reason": None}
                 try:
-                    await self.store.write_audit([degraded])
-                except Exception as e2:
-                    log.error("audit record for call %s could not be written: %s", rec.get("call_id"), e2)
+                    await self.store.write_audit([rec])
+                except DBAPIError as e:
+                    if _is_outage(e):
+                        raise
+                    await self.store.write_audit([{**rec, "arguments": {"_unstorable": str(e)[:500]}}])
+            except Exception as e:
+                if isinstance(e, DBAPIError) and not _is_outage(e):
+                    log.error("audit record for call %s could not be written: %s", rec.get("call_id"), e)
+                    continue
+                return batch[n:]
+        return []
 
     async def stop(self) -> None:
         """Stop the writer and flush what is left (retrying briefly if the database is busy)."""
