@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.approvals import Broker
-from proxy.store import PENDING, Approval, AuditRecord, Store, utcnow
+from proxy.store import EXECUTED, PENDING, Approval, AuditRecord, Store, utcnow
 
 log = logging.getLogger("signoff.web")
 
@@ -41,7 +41,9 @@ class WebChannel:
 
     async def update(self, approval: Approval, voters: list[str]) -> None:
         if approval.status != PENDING:
-            log.info("approval %s: %s (%s)", approval.id, approval.status, approval.decided_by or "-")
+            # "executed" means approved and claimed by the waiting call; people read that as approved.
+            status = "approved" if approval.status == EXECUTED else approval.status
+            log.info("approval %s: %s (%s)", approval.id, status, approval.decided_by or "-")
 
     async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
         log.info("approval %s ran: %s", approval.id, outcome)
