@@ -93,6 +93,18 @@ async def fetch_tools(config: Config) -> dict[str, list[dict[str, Any]] | str]:
     return dict(zip(config.upstreams, results, strict=True))
 
 
+def _listed(listing: dict[str, list[dict[str, Any]] | str]) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
+    """Every (upstream, tool) listed, and whether some upstream could not be listed (said on stderr)."""
+    pairs, failed = [], False
+    for upstream, tools in listing.items():
+        if isinstance(tools, str):
+            print(f"signoff: upstream {upstream}: {tools}", file=sys.stderr)
+            failed = True
+        else:
+            pairs += [(upstream, tool) for tool in tools]
+    return pairs, failed
+
+
 def _risk(tool: dict[str, Any]) -> str:
     from proxy.risk import classify
 
@@ -119,22 +131,17 @@ def cmd_tools(args: argparse.Namespace) -> int:
     names = Names(list(config.upstreams), config.tool_separator, config.prefixed)
     listing = asyncio.run(fetch_tools(config))
     out: list[dict[str, Any]] = []
-    failed = False
-    for upstream, tools in listing.items():
-        if isinstance(tools, str):
-            print(f"signoff: upstream {upstream}: {tools}", file=sys.stderr)
-            failed = True
-            continue
-        for tool in tools:
-            out.append(
-                {
-                    "upstream": upstream,
-                    "tool": names.public(upstream, tool["name"]),
-                    "risk": _risk(tool),
-                    "annotated": bool(tool.get("annotations")),
-                    "description": tool.get("description"),
-                }
-            )
+    pairs, failed = _listed(listing)
+    for upstream, tool in pairs:
+        out.append(
+            {
+                "upstream": upstream,
+                "tool": names.public(upstream, tool["name"]),
+                "risk": _risk(tool),
+                "annotated": bool(tool.get("annotations")),
+                "description": tool.get("description"),
+            }
+        )
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -197,26 +204,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         else f"config OK: {len(config.upstreams)} upstream(s); no policy (everything is allowed)"
     )
     listing = asyncio.run(fetch_tools(config))
-    rows, failed = [], False
-    for upstream, tools in listing.items():
-        if isinstance(tools, str):
-            print(f"upstream {upstream}: {tools}", file=sys.stderr)
-            failed = True
+    rows: list[list[str]] = []
+    pairs, failed = _listed(listing)
+    for upstream, tool in pairs:
+        if policies.is_hidden(upstream, tool["name"]):
+            rows.append([names.public(upstream, tool["name"]), _risk(tool), "hidden", "(hidden)"])
             continue
-        for tool in tools:
-            if policies.is_hidden(upstream, tool["name"]):
-                rows.append([names.public(upstream, tool["name"]), _risk(tool), "hidden", "(hidden)"])
-                continue
-            verdict = policies.decide(identity, upstream, tool["name"], {})
-            shadow = "" if verdict.enforced else " [shadow: not enforced]"
-            rows.append(
-                [
-                    names.public(upstream, tool["name"]),
-                    _risk(tool),
-                    _describe(verdict.decision) + shadow,
-                    verdict.decision.rule,
-                ]
-            )
+        verdict = policies.decide(identity, upstream, tool["name"], {})
+        shadow = "" if verdict.enforced else " [shadow: not enforced]"
+        rows.append(
+            [
+                names.public(upstream, tool["name"]),
+                _risk(tool),
+                _describe(verdict.decision) + shadow,
+                verdict.decision.rule,
+            ]
+        )
     print(_table(rows, ["TOOL", "RISK", "DECISION (no arguments)", "RULE"]))
     return 1 if failed else 0
 
