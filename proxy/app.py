@@ -140,7 +140,6 @@ class App:
             self.pipeline,
             is_hidden=self.policies.is_hidden,
             stdio_identity=self.identities.stdio,
-            max_argument_bytes=config.max_argument_bytes,
         )
         self.gateway.on_session_close.append(self._session_closed)
         self.policies.on_change.append(self._policy_changed)

@@ -30,7 +30,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from proxy.calls import ToolCall, UnknownTool
 from proxy.identity import ANONYMOUS, Identity
 from proxy.naming import Names
-from proxy.sessions import Downstream, is_list_changed
+from proxy.sessions import Downstream, connection_of, is_list_changed
 from proxy.upstreams import Link, Upstream, UpstreamError
 
 log = logging.getLogger("signoff.gateway")
@@ -82,7 +82,6 @@ class Gateway:
         calls: CallHandler,
         is_hidden: Callable[[str, str], bool] = lambda upstream, tool: False,
         stdio_identity: Identity = ANONYMOUS,
-        max_argument_bytes: int = 4 * 1024 * 1024,
         name: str = "signoff",
     ) -> None:
         self.upstreams = upstreams
@@ -90,7 +89,6 @@ class Gateway:
         self.calls = calls
         self.is_hidden = is_hidden
         self.stdio_identity = stdio_identity
-        self.max_argument_bytes = max_argument_bytes
         self.sessions: set[Downstream] = set()
         self.on_session_close: list[Callable[[Downstream], Awaitable[None]]] = []
         self._resource_owner: dict[str, str] = {}
@@ -149,8 +147,7 @@ class Gateway:
 
     def session(self, ctx: Ctx) -> Downstream:
         """The client session of a request, with its identity."""
-        conn_state = ctx.session._connection.state
-        down = conn_state.get("signoff")
+        down = connection_of(ctx).state.get("signoff")
         if down is not None:
             return down
         down = Downstream.for_context(ctx, self.identity_of(ctx))
