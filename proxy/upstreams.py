@@ -243,7 +243,7 @@ class Link:
         result = await self._forward_request("sampling/createMessage", params)
         if isinstance(result, types.ErrorData):
             return result
-        if "toolUse" in str(result.get("content")) or isinstance(result.get("content"), list):
+        if isinstance(result.get("content"), list):  # only tool-using sampling answers with a list
             return types.CreateMessageResultWithTools.model_validate(result)
         return types.CreateMessageResult.model_validate(result)
 
