@@ -7,7 +7,6 @@ validation, so secrets stay out of the file. Every problem is reported as
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -313,8 +312,3 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         return parse_config(read_document(path), path.resolve().parent, env)
     except ConfigError as e:
         raise ConfigError(e.errors, str(path)) from None
-
-
-def hash_token(token: str) -> str:
-    """The SHA-256 hex digest under which a bearer token may be stored in the config."""
-    return hashlib.sha256(token.encode()).hexdigest()
