@@ -13,7 +13,7 @@
 Audit and metrics are on throughout. Every load client is a separate process (bench/client.py).
 Prints a table, writes bench/results.json, and exits 0 whatever the figures are.
 
-    python bench/run.py [--repeats 3] [--held 10000] [--held-sessions 100] [--decide-concurrency 8]
+    python bench/run.py [--repeats 3] [--held 10000] [--held-sessions 100] [--decide-concurrency 1]
 """
 
 from __future__ import annotations
@@ -591,7 +591,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--held", type=int, default=10_000)
     parser.add_argument("--held-sessions", type=int, default=100)
-    parser.add_argument("--decide-concurrency", type=int, default=8)
+    # Decisions arrive one click at a time; more at once measures queueing between them instead.
+    parser.add_argument("--decide-concurrency", type=int, default=1)
     parser.add_argument(
         "--held-window",
         type=int,
