@@ -199,7 +199,9 @@ class Link:
             return await session._dispatcher.send_raw_request(method, data.get("params"), opts)
         except MCPError as e:
             if e.code == CONNECTION_CLOSED:
-                raise UpstreamError(self.name, "closed the connection before answering") from None
+                raise UpstreamError(
+                    self.name, "closed the connection before answering (the call may or may not have run)"
+                ) from None
             if e.code == REQUEST_TIMEOUT and timeout is not None:
                 raise UpstreamError(
                     self.name, f"did not answer within {timeout:g}s", "upstream_timeout"
