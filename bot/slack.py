@@ -46,6 +46,7 @@ EVENTS_PATH = "/slack/events"
 USERGROUP_TTL = 300.0  # seconds a user group's membership is trusted before asking Slack again
 VIEWS_OPEN_BUDGET = 2.5  # a trigger_id dies 3 s after the click
 CONNECT_TIMEOUT = 15.0
+_POSTED_WAIT = 3.0  # how long a click waits to learn where its request was posted
 _REF_TTL = 120.0  # how long we remember a just-posted message for an update that outruns the broker
 # Errors Slack documents as transient: worth another try within the budget.
 _TRANSIENT = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
@@ -408,26 +409,38 @@ class SlackChannel:
             await self._tell(body, approval_id, await self._click_message(approval_id, result))
 
     async def _foreign(self, body: dict[str, Any], approval_id: str, user: str) -> str | None:
-        """Why a click must not count: it comes from another workspace, or from a channel the request
-        was not posted in (a forwarded or replayed payload). None when it may go to the broker."""
+        """Why a click must not count: it comes from another workspace, or from a message other than
+        the request's own (a forwarded or replayed payload). None when it may go to the broker."""
         team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id")
         ours = (await self._whoami()).get("team_id")
         approval = await self.host.store.approval(approval_id)
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+        container = body.get("container") or {}
+        channel = (body.get("channel") or {}).get("id") or container.get("channel_id")
+        message_ts = container.get("message_ts") or (body.get("message") or {}).get("ts")
         why = None
         if team and ours and team != ours:
             why = "This click came from another Slack workspace; nothing changed."
-        elif (
-            approval is not None
-            and channel
-            and approval.message_channel
-            and channel != approval.message_channel
-        ):
-            why = "This approval request was not posted in this channel; nothing changed."
+        elif approval is not None and channel:  # a button on a message, not a modal submission
+            posted = await self._posted_at(approval)
+            if posted is None:
+                why = "This approval request is still being posted; nothing changed. Try again in a moment."
+            elif channel != posted[0] or (message_ts and message_ts != posted[1]):
+                why = "This approval request was not posted in this message; nothing changed."
         if why is not None and approval is not None:
             log.warning("approval %s: refused a click by %s: %s", approval_id, user, why)
             self.host.audit_event("refused_click", approval, user, why)
         return why
+
+    async def _posted_at(self, approval: Approval) -> tuple[str, str] | None:
+        """Where the request was posted; waits briefly when the replica that posted it has not stored
+        the message yet, because a click can outrun that write."""
+        deadline = time.monotonic() + _POSTED_WAIT
+        while True:
+            ref = await self._message_of(approval)
+            if ref is not None or time.monotonic() >= deadline:
+                return ref
+            await asyncio.sleep(0.05)
+            approval = await self.host.store.approval(approval.id) or approval
 
     async def _click_message(self, approval_id: str, result: ClickResult) -> str:
         """The broker's message, escaped, with the deciders' user ids turned into mentions."""

@@ -266,12 +266,13 @@ async def test_a_replayed_click_changes_nothing(tmp_path: Path, exec_log: Path) 
     assert len(executions(exec_log, "delete_thing")) == 1
 
 
-@pytest.mark.parametrize("where", ["another channel", "another team"])
+@pytest.mark.parametrize("where", ["another channel", "another message", "another team"])
 async def test_a_click_from_another_channel_or_team_is_refused(
     tmp_path: Path, exec_log: Path, where: str
 ) -> None:
-    """A signed click whose payload comes from another channel (a shared copy of the message) or another
-    workspace of the app decides nothing."""
+    """A signed click whose payload comes from another channel or message (a shared or replayed copy of
+    the request) or another workspace of the app decides nothing, even when it lands the moment the
+    request is posted."""
     db = f"sqlite+aiosqlite:///{tmp_path / 'channel.db'}"
     async with (
         FakeSlack() as fake,
@@ -287,6 +288,14 @@ async def test_a_click_from_another_channel_or_team_is_refused(
                     action_id=blocks.APPROVE,
                     value=approval_id,
                     channel="C0OTHER",
+                    message_ts="1700009999.000100",
+                )
+            elif where == "another message":
+                payload = block_action_payload(
+                    user="U_ALICE",
+                    action_id=blocks.APPROVE,
+                    value=approval_id,
+                    channel=channel,
                     message_ts="1700009999.000100",
                 )
             else:
