@@ -240,6 +240,49 @@ def format_validation_error(exc: ValidationError) -> list[str]:
 MAX_DOCUMENT_VALUES = 100_000
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (the later one would silently win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"duplicate key {key!r}")
+    return dict(pairs)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """The parser's complaint and where, without the echoed line (the file may not be ours to print)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        where = f"{e.problem} (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})"
+        if e.context and e.context_mark is not None:
+            where = (
+                f"{e.context} (line {e.context_mark.line + 1}, column {e.context_mark.column + 1}): {where}"
+            )
+        return where
+    return getattr(e, "problem", None) or type(e).__name__
+
+
+def _load_yaml(text: str) -> Any:
+    """Parse YAML safely and strictly: duplicate keys are an error, not a silent override."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+
+
 def read_document(path: Path) -> Any:
     """Read a YAML or JSON file; every way it can be unreadable becomes a ConfigError saying why."""
     kind = "JSON" if path.suffix == ".json" else "YAML"
@@ -250,9 +293,13 @@ def read_document(path: Path) -> Any:
     except UnicodeDecodeError as e:
         raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"], str(path)) from None
     try:
-        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError([f"{path}: not valid {kind}: {e}"], str(path)) from None
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys) if kind == "JSON" else _load_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {_yaml_problem(e)}"], str(path)) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError([f"{path}: not valid JSON: {e}"], str(path)) from None
+    except ValueError as e:  # a duplicate key in JSON
+        raise ConfigError([f"{path}: not valid JSON: {e}"], str(path)) from None
     except RecursionError:
         raise ConfigError([f"{path}: nested too deeply to be a config"], str(path)) from None
     if _count_values(data, MAX_DOCUMENT_VALUES) > MAX_DOCUMENT_VALUES:

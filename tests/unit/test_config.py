@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from proxy.config import ConfigError, parse_config
+from proxy.config import ConfigError, parse_config, read_document
 from proxy.naming import Names
 
 
@@ -63,3 +65,41 @@ def test_names_round_trip_and_longest_upstream_wins() -> None:
     assert names.resolve("zzz.tool") is None and names.resolve("a.") is None
     single = Names(["runpod"], ".", prefixed=False)
     assert single.resolve("cancel-job") == ("runpod", "cancel-job")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        (
+            "policy.yaml",
+            "tools:\n  runpod.cancel-job: {action: allow}\n  runpod.cancel-job: {action: deny}\n",
+            "duplicate key 'runpod.cancel-job' (line 3, column 3)",
+        ),
+        ("policy.json", '{"default": "deny", "default": "allow"}', "duplicate key 'default'"),
+    ],
+)
+def test_a_key_given_twice_is_an_error_not_a_silent_override(
+    tmp_path: Path, name: str, text: str, expected: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        read_document(path)
+    assert expected in e.value.errors[0]
+
+
+def test_yaml_merge_keys_may_still_override_what_they_merge(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &b {timeout: 30, mode: hold}\nrule: {<<: *b, timeout: 60}\n")
+    assert read_document(path)["rule"] == {"timeout": 60, "mode": "hold"}
+
+
+def test_a_file_that_is_not_yaml_is_not_echoed_in_the_error(tmp_path: Path) -> None:
+    # A mistyped path can point at a credentials file; its content must not reach the log.
+    path = tmp_path / "credentials"
+    path.write_text("[default]\naws_secret_access_key: abc: sk-live-0123456789\n")
+    with pytest.raises(ConfigError) as e:
+        read_document(path)
+    (error,) = e.value.errors
+    assert "not valid YAML" in error and "line 2" in error
+    assert "sk-live" not in error and "aws_secret" not in error
