@@ -27,6 +27,7 @@ from proxy.approvals import ApprovalChannel, Broker, ClickResult
 from proxy.approvers import ApproverDirectory
 from proxy.audit import AuditLog
 from proxy.auth import BearerAuth, IdentityTable
+from proxy.bodylimit import JsonBodyLimit
 from proxy.config import Config, ConfigError, SlackConfig
 from proxy.control import ControlServer
 from proxy.gateway import Gateway
@@ -335,13 +336,14 @@ class App:
     def http_app(self) -> Any:
         """The agent-facing Streamable HTTP app (Starlette from the SDK) behind bearer-token auth."""
         listen = self.config.listen
+        body_limit = self.config.max_argument_bytes + 64 * 1024
         starlette = self.gateway.server.streamable_http_app(
             streamable_http_path=listen.path,
             json_response=listen.json_response,
             host=listen.host,
-            max_request_body_size=self.config.max_argument_bytes + 64 * 1024,
+            max_request_body_size=body_limit,
         )
-        return BearerAuth(starlette, self.identities)
+        return BearerAuth(JsonBodyLimit(starlette, body_limit), self.identities)
 
     def bind_http(self) -> socket.socket:
         """Open the agent-facing socket now, so a taken port fails at start with a clear message."""

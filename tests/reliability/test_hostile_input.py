@@ -232,7 +232,12 @@ def test_hostile_corpus_over_http(tmp_path: Path, exec_log: Path, figures) -> No
         status, msg = post(call("echo", {"text": "x" * (MAX_ARGS + 10)}))
         info = msg["result"]["_meta"]["dev.signoff/decision"]
         assert status == 200 and info["reason"] == "arguments_too_large" and info["limit"] == MAX_ARGS
-        assert post(call("echo", {"text": "x" * (4 * MAX_ARGS)}))[0] == 413
+        status, msg = post(call("echo", {"text": "x" * (4 * MAX_ARGS)}))
+        assert status == 413 and f"the limit is {MAX_ARGS + 64 * 1024} bytes" in msg["error"]["message"]
+        # The same without a Content-Length (chunked), which the server only learns while reading.
+        chunks = iter([call("echo", {"text": "x" * (4 * MAX_ARGS)})])
+        r = http.post(gw.mcp_url, content=chunks, headers=h)
+        assert r.status_code == 413 and r.json()["error"]["code"] == -32600
         # Invalid UTF-8 and lone surrogates: parse errors.
         bad = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"\xff\xfe"}}}'
         assert post(bad)[0] == 400
