@@ -27,7 +27,7 @@ from proxy.approvals import ApprovalChannel, Broker, ClickResult
 from proxy.approvers import ApproverDirectory
 from proxy.audit import AuditLog
 from proxy.auth import BearerAuth, IdentityTable
-from proxy.bodylimit import JsonBodyLimit
+from proxy.bodylimit import ENVELOPE_BYTES, JsonBodyLimit
 from proxy.config import Config, ConfigError, SlackConfig
 from proxy.control import ControlServer
 from proxy.gateway import Gateway
@@ -336,7 +336,7 @@ class App:
     def http_app(self) -> Any:
         """The agent-facing Streamable HTTP app (Starlette from the SDK) behind bearer-token auth."""
         listen = self.config.listen
-        body_limit = self.config.max_argument_bytes + 64 * 1024
+        body_limit = self.config.max_argument_bytes + ENVELOPE_BYTES
         starlette = self.gateway.server.streamable_http_app(
             streamable_http_path=listen.path,
             json_response=listen.json_response,

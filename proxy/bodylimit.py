@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+ENVELOPE_BYTES = 64 * 1024  # room for the JSON-RPC envelope around arguments of max_argument_bytes
+
 
 class JsonBodyLimit:
     """ASGI middleware: turn the SDK's plain-text 413 into a JSON-RPC error saying what the limit is."""
@@ -50,7 +52,7 @@ class JsonBodyLimit:
     def _body(self) -> bytes:
         message = (
             f"Request body too large: the limit is {self.limit} bytes "
-            "(max_argument_bytes plus 64 KiB for the JSON-RPC envelope). Nothing ran."
+            f"(max_argument_bytes plus {ENVELOPE_BYTES // 1024} KiB for the JSON-RPC envelope). Nothing ran."
         )
         error = {"code": -32600, "message": message}
         return json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()

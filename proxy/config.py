@@ -195,12 +195,6 @@ class Config(_Model):
         """Whether tool and prompt names carry the upstream name."""
         return len(self.upstreams) > 1 or self.prefix_single_upstream
 
-    def policy_path(self) -> Path | None:
-        """The policy file to watch, when the policy is a path rather than inline."""
-        if isinstance(self.policy, str):
-            return (self.base_dir / self.policy).resolve()
-        return None
-
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -259,11 +253,12 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    for key in keys:
-        if keys.count(key) > 1:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
             raise ValueError(f"duplicate key {key!r}")
-    return dict(pairs)
+        result[key] = value
+    return result
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -296,9 +291,7 @@ def read_document(path: Path) -> Any:
         data = json.loads(text, object_pairs_hook=_no_duplicate_keys) if kind == "JSON" else _load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError([f"{path}: not valid YAML: {_yaml_problem(e)}"], str(path)) from None
-    except json.JSONDecodeError as e:
-        raise ConfigError([f"{path}: not valid JSON: {e}"], str(path)) from None
-    except ValueError as e:  # a duplicate key in JSON
+    except ValueError as e:  # JSONDecodeError, or a key given twice
         raise ConfigError([f"{path}: not valid JSON: {e}"], str(path)) from None
     except RecursionError:
         raise ConfigError([f"{path}: nested too deeply to be a config"], str(path)) from None

@@ -28,7 +28,6 @@ PENDING, APPROVED, DENIED, EXPIRED, WITHDRAWN, EXECUTED = (
     "withdrawn",
     "executed",
 )
-FINAL = (DENIED, EXPIRED, WITHDRAWN, EXECUTED)
 
 
 def utcnow() -> datetime:

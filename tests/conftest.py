@@ -28,6 +28,13 @@ def executions(exec_log: Path, tool: str | None = None) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """slack_sdk reads HTTP(S)_PROXY and ignores NO_PROXY: keep 127.0.0.1 traffic direct (children too)."""
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
 def exec_log(tmp_path: Path) -> Path:
     return tmp_path / "executions.jsonl"
 
@@ -50,6 +57,19 @@ def http_echo(tmp_path: Path, exec_log: Path) -> Iterator[tuple[str, Proc]]:
 
 ADMIN_TOKEN = "test-admin-token"
 DECISION = "dev.signoff/decision"
+# Raw Streamable HTTP, for tests that send frames no SDK client would.
+RAW_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+RAW_PROTOCOL = "2025-11-25"
+RAW_INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": RAW_PROTOCOL,
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}
 
 
 class Admin:

@@ -330,10 +330,6 @@ class FakeSlack:
             self._faults.pop(method, None)
             self._delays.pop(method, None)
 
-    def set_handler(self, method: str, handler: Handler) -> None:
-        """Serve ``method`` with ``handler(call) -> dict`` (``ok: true`` is added; raise SlackError)."""
-        self._handlers[method] = handler
-
     # ---------------------------------------------------------------------------------------------
     # Queries and waiting
     # ---------------------------------------------------------------------------------------------

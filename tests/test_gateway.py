@@ -18,7 +18,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import executions, stdio_echo
+from tests.conftest import RAW_INIT, executions, stdio_echo
 from tests.procs import ROOT, SIGNOFF, running_gateway, write_config
 
 META = "dev.signoff/decision"
@@ -258,18 +258,8 @@ def test_malformed_json_rpc_over_stdio(tmp_path: Path, exec_log: Path) -> None:
         "database_url": f"sqlite+aiosqlite:///{tmp_path / 'g.db'}",
     }
     path = write_config(config, tmp_path / "g.yaml")
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
     lines = [
-        json.dumps(init),
+        json.dumps(RAW_INIT),
         "this is not json",
         json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
         json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": 7}}),

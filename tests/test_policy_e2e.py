@@ -14,7 +14,7 @@ import yaml
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import DECISION, Admin, executions
+from tests.conftest import DECISION, RAW_INIT, Admin, executions
 from tests.procs import running_gateway
 from tests.test_approvals import client_as
 
@@ -196,17 +196,7 @@ async def test_a_session_cannot_be_used_with_another_identitys_token(
     with running_gateway(config, tmp_path, env={"TOKEN_A": "token-of-a", "TOKEN_B": "token-of-b"}) as gw:
         async with httpx2.AsyncClient() as http:
             headers = {"Accept": "application/json, text/event-stream", "Authorization": "Bearer token-of-a"}
-            init = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "0"},
-                },
-            }
-            r = await http.post(gw.mcp_url, json=init, headers=headers)
+            r = await http.post(gw.mcp_url, json=RAW_INIT, headers=headers)
             session = r.headers["mcp-session-id"]
             call = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
             as_b = dict(headers, **{"Authorization": "Bearer token-of-b", "Mcp-Session-Id": session})

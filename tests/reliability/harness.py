@@ -353,7 +353,6 @@ class Load:
     records: list[CallRecord] = field(default_factory=list)
     session_errors: list[str] = field(default_factory=list)
     sessions_opened: int = 0
-    failed_connects: int = 0
 
     async def run(self) -> None:
         deadline = time.monotonic() + self.duration
@@ -374,7 +373,6 @@ class Load:
                     except MCPError:
                         if "upstream_unavailable" not in self.tolerated:
                             raise
-                        self.failed_connects += 1
                         await asyncio.sleep(0.2)
                         continue
                     for _ in range(self.calls_per_session):
@@ -399,7 +397,6 @@ class Load:
                             rec.error = f"cut: {type(e).__name__}: {e}"[:300]
                 # Opening (or closing) a session failed: expected only while the gateway is down.
                 if LOST in self.tolerated:
-                    self.failed_connects += 1
                     await asyncio.sleep(0.2)
                 else:
                     self.session_errors.append(f"session {i}: {type(e).__name__}: {e}"[:300])

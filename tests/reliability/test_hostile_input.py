@@ -23,22 +23,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import RAW_HEADERS as HEADERS
+from tests.conftest import RAW_INIT as INIT
+from tests.conftest import RAW_PROTOCOL as PROTOCOL
 from tests.conftest import executions, gateway_config, stdio_echo
 from tests.procs import ROOT, SIGNOFF, running_gateway, write_config
 from tests.reliability.harness import INJECTION, audit_texts, export_audit, gateway_errors
 
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-PROTOCOL = "2025-11-25"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": PROTOCOL,
-        "capabilities": {},
-        "clientInfo": {"name": "fuzz", "version": "0"},
-    },
-}
 MAX_ARGS = 64 * 1024
 # Tools that would make the fuzz slow or need a capable client are refused by policy.
 FUZZ_POLICY = {

@@ -16,21 +16,12 @@ from typing import Any
 import httpx2
 
 from tests.conftest import ADMIN_TOKEN, Admin, executions
+from tests.conftest import RAW_HEADERS as HEADERS
+from tests.conftest import RAW_INIT as INIT
+from tests.conftest import RAW_PROTOCOL as PROTOCOL
 from tests.procs import running_gateway
 from tests.reliability.harness import GATEWAY_ENV, TOKENS, export_audit, load_config, session
 
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-PROTOCOL = "2025-11-25"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": PROTOCOL,
-        "capabilities": {},
-        "clientInfo": {"name": "sec", "version": "0"},
-    },
-}
 CALL = {
     "jsonrpc": "2.0",
     "id": 2,

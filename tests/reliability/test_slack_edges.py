@@ -59,11 +59,7 @@ CHANNEL = "C0123"
 SLACK_APPROVERS = {"oncall": {"users": ["U_ALICE", "U_BOB"]}}
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """slack_sdk reads HTTP(S)_PROXY and ignores NO_PROXY: keep 127.0.0.1 traffic direct (child too)."""
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 def slack_config(fake: FakeSlack, exec_log: Path, database_url: str, **slack: Any) -> dict[str, Any]:
