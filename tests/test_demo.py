@@ -76,7 +76,9 @@ def check_common_steps(out: str) -> None:
 
 
 def test_demo_unattended_approval(tmp_path: Path) -> None:
-    out = run_demo(tmp_path, "--auto-approve", "2")
+    # The approver waits 4 s, the gateway reports progress every 1 s: under a loaded CI machine a
+    # 1 s margin was not always enough for the first progress line to print before the click.
+    out = run_demo(tmp_path, "--auto-approve", "4")
     check_common_steps(out)
 
     cancel = section(out, 4)
