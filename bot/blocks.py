@@ -357,7 +357,9 @@ def _decision_buttons(approval: Approval, arguments_cut: bool) -> dict[str, Any]
 
 
 def _footer(approval: Approval) -> dict[str, Any]:
-    return _context(f"signoff · approval {inline(approval.id, 64)}")
+    # The hash lets an approver check that what runs is byte for byte what they saw (page, CLI, audit).
+    digest = f" · arguments sha256 {inline(approval.args_hash, 64)}" if approval.args_hash else ""
+    return _context(f"signoff · approval {inline(approval.id, 64)}{digest}")
 
 
 def request_message(approval: Approval, voters: Sequence[str], *, now: datetime) -> dict[str, Any]:

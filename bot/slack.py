@@ -226,7 +226,7 @@ class SlackChannel:
     async def post(self, approval: Approval) -> tuple[str, str] | None:
         """Post the request to the rule's channel (or the default); retried within the budget, else raise."""
         channel = approval.channel or self.config.channel
-        message = blocks.request_message(approval, [], now=utcnow())
+        message = blocks.request_message(self._as_shown(approval), [], now=utcnow())
         posted: asyncio.Future[tuple[str, str] | None] = asyncio.get_running_loop().create_future()
         self._forget_old_posts()
         self._posting[approval.id] = (time.monotonic(), posted)
@@ -253,10 +253,11 @@ class SlackChannel:
         if ref is None:
             log.info("approval %s: no Slack message to update", approval.id)
             return
+        shown, voters = self._as_shown(approval), [self._slack_name(v) for v in voters]
         if approval.status == PENDING:
-            message = blocks.request_message(approval, voters, now=utcnow())
+            message = blocks.request_message(shown, voters, now=utcnow())
         else:
-            message = blocks.decided_message(approval, voters)
+            message = blocks.decided_message(shown, voters)
         await self._call(
             "chat.update",
             lambda: self.client.chat_update(channel=ref[0], ts=ref[1], **message),
@@ -264,6 +265,20 @@ class SlackChannel:
         )
         if approval.status != PENDING:
             self._posting.pop(approval.id, None)
+
+    def _slack_name(self, name: str) -> str:
+        """A person's Slack user ID when they have one, so the message mentions them; else the name."""
+        return self.host.people.slack_id(name) or name
+
+    def _as_shown(self, approval: Approval) -> Approval:
+        """The request with people named by their Slack user IDs (rendered as mentions)."""
+        decided_by = ",".join(self._slack_name(n) for n in (approval.decided_by or "").split(",") if n)
+        return approval.model_copy(
+            update={
+                "decided_by": decided_by or approval.decided_by,
+                "acts_for": self._slack_name(approval.acts_for) if approval.acts_for else None,
+            }
+        )
 
     async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
         """A thread reply under the request: the approved call ran, and how it went.
@@ -362,19 +377,42 @@ class SlackChannel:
 
     async def _on_deny_with_reason(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        # Straight to views.open: the trigger_id expires 3 s after the click. The broker checks
-        # who may deny when the reason is submitted.
-        view = blocks.deny_reason_modal(str(action.get("value", "")))
-        await self._open_view(body, view)
+        approval_id = str(action.get("value", ""))
+        # Checked like a click, before the modal opens: the modal's submission carries no message to
+        # check against, so a button copied into another message must not get that far.
+        refusal = await self._may_open(body, approval_id, "deny this request")
+        if refusal is not None:
+            await self._tell(body, approval_id, refusal)
+            return
+        await self._open_view(body, blocks.deny_reason_modal(approval_id))
 
     async def _on_view_arguments(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         approval_id = str(action.get("value", ""))
+        refusal = await self._may_open(body, approval_id, "view this request's arguments")
+        if refusal is not None:
+            await self._tell(body, approval_id, refusal)
+            return
+        approval = await self.host.store.approval(approval_id)
+        if approval is not None:
+            await self._open_view(body, blocks.full_arguments_modal(approval))
+
+    async def _may_open(self, body: dict[str, Any], approval_id: str, what: str) -> str | None:
+        """Why the clicker may not open a modal of this request (escaped mrkdwn), or None if they may."""
+        user = str((body.get("user") or {}).get("id", ""))
         approval = await self.host.store.approval(approval_id)
         if approval is None:
-            await self._tell(body, approval_id, "This approval request no longer exists.")
-            return
-        await self._open_view(body, blocks.full_arguments_modal(approval))
+            return "This approval request no longer exists."
+        foreign = await self._foreign(body, approval_id, user)
+        if foreign is not None:
+            return blocks.escape(foreign)
+        person = self.host.people.by_slack(user)
+        if not user or not await self.host.directory.is_approver(approval.approvers, person):
+            self.host.audit_event("refused_click", approval, person.name, f"not an approver ({what})")
+            return blocks.escape(
+                f"Only this request's approvers ({approval.approvers}) may {what}; nothing changed."
+            )
+        return None
 
     async def _on_deny_reason(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
         values = (view.get("state") or {}).get("values") or {}
@@ -397,8 +435,9 @@ class SlackChannel:
         if foreign is not None:
             await self._tell(body, approval_id, blocks.escape(foreign))
             return
+        person = self.host.people.by_slack(user)
         try:
-            result = await self.host.decide(approval_id, approve, user, reason)
+            result = await self.host.decide(approval_id, approve, person, reason)
         except Exception as e:
             log.exception("approval %s: %s by %s failed", approval_id, verb, user)
             text = f"Your click was not recorded ({_describe(e)}). Nothing changed."
@@ -443,16 +482,18 @@ class SlackChannel:
             approval = await self.host.store.approval(approval.id) or approval
 
     async def _click_message(self, approval_id: str, result: ClickResult) -> str:
-        """The broker's message, escaped, with the deciders' user ids turned into mentions."""
+        """The broker's message, escaped, with the deciders turned into mentions where Slack knows them."""
         text = blocks.escape(result.message)
         if result.status == PENDING:
             return text
         approval = await self.host.store.approval(approval_id)
-        ids = [v for v in (approval.decided_by or "").split(",") if v] if approval else []
-        ids = sorted({v for v in ids if blocks.mention(v) != blocks.escape(v)}, key=len, reverse=True)
+        names = [v for v in (approval.decided_by or "").split(",") if v] if approval else []
+        ids = {n: self._slack_name(n) for n in names}
+        ids = {n: u for n, u in ids.items() if blocks.mention(u) != blocks.escape(u)}
         if ids:
-            pattern = re.compile(r"(?<![\w@])(" + "|".join(map(re.escape, ids)) + r")(?!\w)")
-            text = pattern.sub(lambda m: f"<@{m.group(1)}>", text)
+            names = sorted(ids, key=len, reverse=True)
+            pattern = re.compile(r"(?<![\w@])(" + "|".join(map(re.escape, names)) + r")(?!\w)")
+            text = pattern.sub(lambda m: f"<@{ids[m.group(1)]}>", text)
         return text
 
     async def _tell(self, body: dict[str, Any], approval_id: str, text: str) -> None:

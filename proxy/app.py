@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import re
-import secrets
 import signal
 import socket
 import uuid
@@ -34,12 +34,16 @@ from proxy.gateway import Gateway
 from proxy.metrics import Metrics
 from proxy.naming import Names
 from proxy.notify import PgListener
+from proxy.people import People, Person
 from proxy.pipeline import Pipeline
 from proxy.policies import PolicySet
 from proxy.ratelimit import MemoryRateLimiter
+from proxy.secretfiles import read_or_create_secret
 from proxy.sessions import Downstream
 from proxy.shared_limits import DatabaseRateLimiter
-from proxy.store import Approval, Store
+from proxy.signin import SignIn
+from proxy.store import Approval, Store, sqlite_path
+from proxy.tokens import new_token
 from proxy.upstreams import Upstream
 from proxy.webui import ApprovalsApi, WebChannel
 
@@ -54,8 +58,9 @@ class StartupError(Exception):
 class ChannelHost:
     """What an approval-channel plugin (such as the Slack bot) gets from the gateway."""
 
-    decide: Callable[[str, bool, str, str | None], Awaitable[ClickResult]]
+    decide: Callable[[str, bool, Person, str | None], Awaitable[ClickResult]]
     directory: ApproverDirectory
+    people: People
     control_app: web.Application
     store: Store
     metrics: Metrics
@@ -89,6 +94,13 @@ class App:
         self.replica = config.replica or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
         self.identities = IdentityTable.from_config(config.identities, config.stdio_identity)
+        self.people = People.from_config(config.people)
+        shared = self.identities.digests() & self.people.digests()
+        if shared:
+            # An agent holding a person's token could approve its own calls.
+            raise ConfigError(
+                ["people: a person's token is also an agent identity's token; give each its own"]
+            )
         self.upstreams = {
             name: Upstream(name, cfg, config.base_dir, notify=_ignore)
             for name, cfg in config.upstreams.items()
@@ -106,7 +118,7 @@ class App:
         self.control = ControlServer(
             config.control.host, config.control.port, self.readiness, self.render_metrics
         )
-        self.admin_token = config.control.admin_token or self._generated_admin_token()
+        self.admin_token = config.control.admin_token or self._shared_admin_token()
         self.channel: ApprovalChannel = WebChannel(self.page_url())
         if config.slack is not None:
             self.channel = self._slack_channel(config.slack)
@@ -144,7 +156,16 @@ class App:
         )
         self.gateway.on_session_close.append(self._session_closed)
         self.policies.on_change.append(self._policy_changed)
-        ApprovalsApi(self.control.app, self.store, self.broker, self.admin_token)
+        self.signin = SignIn(
+            self.control.app,
+            self.store,
+            self.people,
+            self.admin_token,
+            idle=config.control.session_idle,
+            max_age=config.control.session_max,
+            secure=self.page_url().startswith("https://"),
+        )
+        ApprovalsApi(self.control.app, self.store, self.broker, self.signin)
         self._http: _Uvicorn | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.stopping = asyncio.Event()
@@ -161,23 +182,29 @@ class App:
                 ]
             )
 
-    def _generated_admin_token(self) -> str:
-        """No admin token configured: make one, keep it beside the database for `signoff approvals`."""
-        token = secrets.token_urlsafe(24)
+    def _shared_admin_token(self) -> str:
+        """No admin token configured: use (or create) the one kept beside the database, view-only.
+
+        Every gateway on one SQLite file shares it, so a second stdio gateway never invalidates the
+        token the first one's page and `signoff approvals list` use.
+        """
         path = admin_token_path(self.config)
-        if path is not None:
-            with contextlib.suppress(OSError):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(token)
-        return token
+        if path is None:
+            return new_token()
+        try:
+            return read_or_create_secret(path, new_token)
+        except OSError as e:
+            log.warning(
+                "cannot keep the admin token in %s (%s); using one for this run only", path, e.strerror
+            )
+            return new_token()
 
     def _slack_channel(self, cfg: SlackConfig) -> ApprovalChannel:
         factory = load_channel_plugin("slack")
         host = ChannelHost(
             decide=lambda *a: self.broker.decide(*a),
             directory=self.directory,
+            people=self.people,
             control_app=self.control.app,
             store=self.store,
             metrics=self.metrics,
@@ -189,7 +216,8 @@ class App:
             raise StartupError(f"the Slack channel could not be set up: {e}") from e
 
     def page_url(self) -> str:
-        return f"http://{self.config.control.host}:{self.control.port}/approvals"  # the bound port
+        base = self.config.control.public_url or f"http://{self.config.control.host}:{self.control.port}"
+        return f"{base}/approvals"  # the bound port unless a public URL is configured
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -219,11 +247,12 @@ class App:
             self.audit.start()
         self.policies.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        if self.config.control.admin_token:
-            log.info("approvals page: %s (admin token: control.admin_token)", self.page_url())
-        else:
-            # A token generated for this run: printing it is how a local user opens the page.
-            log.info("approvals page: %s#token=%s", self.page_url(), self.admin_token)
+        # Never a token here: clients write a stdio server's stderr into their own log files.
+        log.info(
+            "approvals page: %s (sign in with your own token or single sign-on; "
+            "`signoff approvals list --config …` views requests)",
+            self.page_url(),
+        )
         # Give upstreams a moment so the first client sees their capabilities and tools.
         timeout = max(up.config.connect_timeout for up in self.upstreams.values())
         await asyncio.gather(*(up.shared.wait_ready(timeout) for up in self.upstreams.values()))
@@ -348,6 +377,12 @@ class App:
     def bind_http(self) -> socket.socket:
         """Open the agent-facing socket now, so a taken port fails at start with a clear message."""
         listen = self.config.listen
+        if not _loopback(listen.host) and not self.identities.required and not listen.allow_anonymous:
+            raise StartupError(
+                f"listen.host is {listen.host}, beyond loopback, and no `identities` are configured: anyone "
+                "who can reach the port could call tools. Configure identities (bearer tokens), or set "
+                "listen.allow_anonymous: true if that is really what you want."
+            )
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
         # proto must say TCP: asyncio only disables Nagle (TCP_NODELAY) on sockets that do, and without
         # it every keep-alive response waits ~40 ms for the client's delayed ACK.
@@ -415,11 +450,8 @@ class App:
 
 def admin_token_path(config: Config) -> Path | None:
     """Where a generated admin token is kept: beside the SQLite file (none for other databases)."""
-    url = config.database_url
-    if not url.startswith("sqlite") or ":memory:" in url:
-        return None
-    db = Path(url.split("///", 1)[-1])  # absolute: the config anchors relative SQLite paths
-    return db.with_name(db.name + ".admin-token")
+    db = sqlite_path(config.database_url)  # absolute: the config anchors relative SQLite paths
+    return db.with_name(db.name + ".admin-token") if db is not None else None
 
 
 @contextlib.asynccontextmanager
@@ -442,6 +474,13 @@ async def _answer_parse_errors(read: Any, write: Any) -> Any:
         yield receive
     finally:
         task.cancel()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _safe_url(url: str) -> str:

@@ -24,6 +24,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from proxy.calls import ToolCall
+from proxy.people import Person
 from proxy.policy import ApprovalSpec, Decision
 from proxy.redact import redact
 from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Store, utcnow
@@ -52,8 +53,8 @@ class ApprovalChannel(Protocol):
 
 
 class Approvers(Protocol):
-    async def is_approver(self, group: str | None, user: str) -> bool:
-        """Whether `user` may decide requests of approver group `group` (None: anyone who sees it)."""
+    async def is_approver(self, group: str | None, person: Person) -> bool:
+        """Whether `person` may decide requests of approver group `group` (None: anyone who sees it)."""
         ...
 
 
@@ -176,7 +177,7 @@ class Broker:
             id="apr_" + secrets.token_hex(8),
             mode=spec.mode,
             identity=call.identity.name,
-            acts_for=call.identity.slack_user,
+            acts_for=call.identity.on_behalf_of,
             session_id=call.session_id,
             client_name=call.client_name,
             upstream=call.upstream,
@@ -265,24 +266,25 @@ class Broker:
     # -- decisions ---------------------------------------------------------------------------
 
     async def decide(
-        self, approval_id: str, approve: bool, user: str, reason: str | None = None
+        self, approval_id: str, approve: bool, person: Person, reason: str | None = None
     ) -> ClickResult:
-        """A human's click. The first valid decision wins; everything else changes nothing."""
+        """An authenticated person's decision. The first valid one wins; everything else changes nothing."""
+        user = person.name
         approval = await self.store.approval(approval_id)
         if approval is None:
             return ClickResult(False, "unknown", f"There is no approval request {approval_id}.")
         if approval.status != PENDING:
             self._event("late_click", approval, user, approval.status)
             return ClickResult(False, approval.status, already_decided(approval))
-        if not await self.approvers.is_approver(approval.approvers, user):
+        if not await self.approvers.is_approver(approval.approvers, person):
             self._event("refused_click", approval, user, "not an approver")
             return ClickResult(
                 False,
                 PENDING,
-                f"You are not an approver for this request (approver group: {approval.approvers}).",
+                f"You ({user}) are not an approver for this request (approver group: {approval.approvers}).",
                 refused=True,
             )
-        if not approval.allow_self_approval and approval.acts_for and user == approval.acts_for:
+        if not approval.allow_self_approval and person.is_(approval.acts_for):
             self._event("refused_click", approval, user, "self-approval")
             return ClickResult(
                 False, PENDING, "You cannot decide a call that an agent made on your behalf.", refused=True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -12,8 +11,10 @@ from typing import Any
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
+from proxy import tokens
 from proxy.config import ConfigError, IdentityConfig
 from proxy.identity import ANONYMOUS, Identity
+from proxy.tokens import configured_digest
 
 log = logging.getLogger("signoff.auth")
 
@@ -31,7 +32,10 @@ class IdentityTable:
         return bool(self._by_hash)
 
     def lookup(self, token: str) -> Identity | None:
-        return self._by_hash.get(hashlib.sha256(token.encode()).hexdigest())
+        return self._by_hash.get(tokens.digest(token))
+
+    def digests(self) -> set[str]:
+        return set(self._by_hash)
 
     def identities(self) -> list[Identity]:
         return list(self._by_hash.values())
@@ -49,18 +53,13 @@ class IdentityTable:
         errors: list[str] = []
         people: dict[str, Identity] = {}
         for name, cfg in identities.items():
-            ident = Identity(name=name, groups=frozenset(cfg.groups), slack_user=cfg.slack_user)
+            ident = Identity(
+                name=name, groups=frozenset(cfg.groups), slack_user=cfg.slack_user, acts_for=cfg.acts_for
+            )
             people[name] = ident
-            if cfg.token_env is not None:
-                token = env.get(cfg.token_env, "")
-                if not token:
-                    errors.append(
-                        f"identities.{name}.token_env: environment variable {cfg.token_env} is not set"
-                    )
-                    continue
-                digest = hashlib.sha256(token.encode()).hexdigest()
-            else:
-                digest = cfg.token_sha256 or ""
+            digest = configured_digest(f"identities.{name}", cfg.token_env, cfg.token_sha256, env, errors)
+            if digest is None:
+                continue
             if digest in by_hash:
                 errors.append(f"identities.{name}: same token as identity {by_hash[digest].name!r}")
             by_hash[digest] = ident

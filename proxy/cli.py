@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -45,7 +47,7 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.app import StartupError, run
 
-    config = _load(args.config)
+    config = _load(_config_arg(args))
     try:
         _run_loop(run(config, stdio=args.stdio))
     except ConfigError as e:
@@ -127,7 +129,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def cmd_tools(args: argparse.Namespace) -> int:
     from proxy.naming import Names
 
-    config = _load(args.config)
+    config = _load(_config_arg(args))
     names = Names(list(config.upstreams), config.tool_separator, config.prefixed)
     listing = asyncio.run(fetch_tools(config))
     out: list[dict[str, Any]] = []
@@ -175,7 +177,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from proxy.naming import Names
     from proxy.policies import PolicySet
 
-    config = _load(args.config)
+    config = _load(_config_arg(args))
     names = Names(list(config.upstreams), config.tool_separator, config.prefixed)
     try:
         policies = PolicySet(config, names)
@@ -263,7 +265,7 @@ def starter_policy(listing: dict[str, list[dict[str, Any]] | str], config: Confi
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(_config_arg(args))
     listing = asyncio.run(fetch_tools(config))
     errors = {k: v for k, v in listing.items() if isinstance(v, str)}
     for upstream, why in errors.items():
@@ -308,9 +310,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from proxy.store import Store
     from proxy.webui import audit_json
 
-    url = args.database or (_load(args.config).database_url if args.config else None)
+    path = _config_arg(args, required=False)
+    url = args.database or (_load(path).database_url if path else None)
     if url is None:
-        print("signoff: give --config or --database", file=sys.stderr)
+        print("signoff: give --config FILE or --database URL", file=sys.stderr)
         return 2
 
     async def query() -> list[Any]:
@@ -362,17 +365,43 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # -- approvals (against a running gateway) ----------------------------------------------------------
 
 
-def _admin(config: Config) -> tuple[str, str]:
+APPROVER_TOKEN_ENV = "SIGNOFF_APPROVER_TOKEN"
+
+
+def _control_base(config: Config) -> str:
+    host = config.control.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    return f"http://{host if ':' not in host else f'[{host}]'}:{config.control.port}"
+
+
+def _viewing_token(config: Config) -> str:
+    """Your own token if you set one, else the admin token (which can view but never decide)."""
     from proxy.app import admin_token_path
 
-    token = config.control.admin_token
+    token = os.environ.get(APPROVER_TOKEN_ENV, "").strip() or config.control.admin_token or ""
     if not token:
         path = admin_token_path(config)
         if path is not None and path.exists():
             token = path.read_text().strip()
     if not token:
-        raise SystemExit("signoff: no admin token: set control.admin_token in the config")
-    return f"http://{config.control.host}:{config.control.port}", token
+        raise SystemExit(
+            f"signoff: no token to view requests with: set {APPROVER_TOKEN_ENV} to your own approver token "
+            "(people.<you> in the config), or control.admin_token"
+        )
+    return token
+
+
+def _deciding_token() -> str:
+    token = os.environ.get(APPROVER_TOKEN_ENV, "").strip()
+    if not token:
+        raise SystemExit(
+            f"signoff: deciding needs your own approver token in {APPROVER_TOKEN_ENV}.\n"
+            "  Ask the gateway's admin to add you under `people:` in the config with a token "
+            "(`signoff token` makes one and prints its token_sha256 line), then:\n"
+            f"  export {APPROVER_TOKEN_ENV}=<your token>\n"
+            "  (The admin token can list requests but never decide.)"
+        )
+    return token
 
 
 def _call(base: str, token: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -385,16 +414,52 @@ def _call(base: str, token: str, path: str, body: dict[str, Any] | None = None) 
         with urllib.request.urlopen(req, timeout=15) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        try:
+            return e.code, json.loads(e.read() or b"{}")
+        except ValueError:
+            return e.code, {"error": f"HTTP {e.code}"}
     except urllib.error.URLError as e:
-        raise SystemExit(f"signoff: cannot reach the gateway at {base}: {e.reason}") from None
+        raise SystemExit(
+            f"signoff: cannot reach the gateway's control port at {base}: {e.reason} "
+            "(is a gateway running with this config?)"
+        ) from None
+
+
+def _show(a: dict[str, Any]) -> str:
+    """One request as an approver must see it: every argument that will run, and their hash."""
+    lines = [
+        f"{a['id']}  {a['status']}  {a['tool']}  ({a['risk']})",
+        f"  asked by   {a['identity']}"
+        + (f" via {a['client']}" if a.get("client") else "")
+        + (f" for {a['actsFor']}" if a.get("actsFor") else ""),
+        f"  rule       {a['rule']}" + (f": {a['ruleReason']}" if a.get("ruleReason") else ""),
+        f"  approvers  {a.get('approvers') or '(anyone signed in)'}"
+        + (f", {len(a.get('votes') or [])} of {a['quorum']} approvals" if a.get("quorum", 1) > 1 else ""),
+    ]
+    if a["status"] == "pending":
+        lines.append(f"  expires in {a['secondsLeft']:.0f}s ({a['expiresAt']})")
+    else:
+        lines.append(
+            f"  decided by {a.get('decidedBy') or '-'}" + (f": {a['reason']}" if a.get("reason") else "")
+        )
+    lines.append(f"  sha256     {a.get('argumentsHash', '')}")
+    lines.append("  arguments (exactly what will run; secrets shown as \u2039kind, length\u203a):")
+    pretty = json.dumps(a["arguments"], indent=2, ensure_ascii=False)
+    lines += ["    " + line for line in pretty.splitlines()]
+    return "\n".join(lines)
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    base, token = _admin(config)
+    if args.user is not None:
+        print(
+            f"signoff: --as is gone: you decide as the person whose token is in {APPROVER_TOKEN_ENV}",
+            file=sys.stderr,
+        )
+        return 2
+    config = _load(_config_arg(args))
+    base = _control_base(config)
     if args.action == "list":
-        status, body = _call(base, token, f"/api/approvals?status={args.status}")
+        status, body = _call(base, _viewing_token(config), f"/api/approvals?status={args.status}")
         if status != 200:
             print(f"signoff: {body.get('error', status)}", file=sys.stderr)
             return 1
@@ -411,31 +476,78 @@ def cmd_approvals(args: argparse.Namespace) -> int:
                         a["identity"],
                         a["risk"],
                         f"{a['secondsLeft']:.0f}s" if a["status"] == "pending" else (a["decidedBy"] or ""),
-                        json.dumps(a["arguments"])[:60],
+                        _first_line(json.dumps(a["arguments"], ensure_ascii=False), 60),
                     ]
                     for a in body["approvals"]
                 ],
                 ["ID", "STATUS", "TOOL", "IDENTITY", "RISK", "LEFT/BY", "ARGUMENTS"],
             )
         )
+        if body["approvals"]:
+            print("\n`signoff approvals show ID` prints every argument of a request before you decide.")
         return 0
-    if not args.id or not args.user:
-        print("signoff: approve/deny need an approval ID and --as USER", file=sys.stderr)
+    if not args.id:
+        print(f"signoff: {args.action} needs an approval ID (see `signoff approvals list`)", file=sys.stderr)
         return 2
+    if args.action == "show":
+        status, body = _call(base, _viewing_token(config), f"/api/approvals/{urllib.parse.quote(args.id)}")
+        if status != 200:
+            print(f"signoff: {body.get('error', status)}", file=sys.stderr)
+            return 1
+        print(json.dumps(body, indent=2, ensure_ascii=False) if args.json else _show(body))
+        return 0
     if args.action == "deny" and not args.reason:
         print("signoff: deny needs --reason (the agent sees it)", file=sys.stderr)
         return 2
     status, body = _call(
         base,
-        token,
-        f"/api/approvals/{args.id}/decide",
-        {"decision": args.action, "user": args.user, "reason": args.reason},
+        _deciding_token(),
+        f"/api/approvals/{urllib.parse.quote(args.id)}/decide",
+        {"decision": args.action, "reason": args.reason},
     )
-    print(body.get("message") or body.get("error") or status)
+    message = body.get("message") or body.get("error") or str(status)
+    print(f"{message} (as {body['by']})" if body.get("by") and status == 200 else message)
     return 0 if status == 200 else 1
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a new random token and the config line that accepts it (only its SHA-256 goes in the file)."""
+    from proxy.tokens import digest, new_token
+
+    token = new_token()
+    print(f"token:         {token}")
+    print(f'token_sha256:  "{digest(token)}"')
+    print(
+        "Give the token to its owner (a person: SIGNOFF_APPROVER_TOKEN; an agent: its bearer token);",
+        file=sys.stderr,
+    )
+    print(
+        "put the token_sha256 line under people.<name> or identities.<name> in the config.", file=sys.stderr
+    )
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", "-c", dest="config", help="the YAML (or JSON) config file")
+    # `signoff check signoff.yaml` keeps working: a positional file is an alias of --config.
+    p.add_argument("config_file", nargs="?", metavar="CONFIG", help=argparse.SUPPRESS)
+    p.set_defaults(config_required=required)
+
+
+def _config_arg(args: argparse.Namespace, required: bool = True) -> str | None:
+    """The config file given as --config or positionally (not both, unless they agree)."""
+    flag, positional = getattr(args, "config", None), getattr(args, "config_file", None)
+    if flag and positional and flag != positional:
+        raise SystemExit(
+            f"signoff: two config files given ({flag} and {positional}); give one, with --config"
+        )
+    path = flag or positional
+    if path is None and required:
+        raise SystemExit(f"signoff {args.command}: give the config file with --config FILE")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -444,28 +556,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gateway")
-    p.add_argument("--config", "-c", required=True, help="the YAML (or JSON) config file")
+    _add_config(p)
     p.add_argument("--stdio", action="store_true", help="serve one MCP client on stdin/stdout")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate a config and print the decision for every upstream tool")
-    p.add_argument("config")
+    _add_config(p)
     p.add_argument("--as", dest="identity", help="evaluate for this configured identity")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("tools", help="list upstream tools with their risk class")
-    p.add_argument("config")
+    _add_config(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tools)
 
     p = sub.add_parser("init", help="write a starting policy from the upstreams' tools")
-    p.add_argument("config")
+    _add_config(p)
     p.add_argument("-o", "--output", default="policy.yaml", help="file to write, or - for stdout")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("audit", help="print or export the audit log")
-    p.add_argument("config", nargs="?")
+    _add_config(p, required=False)
     p.add_argument("--database", help="database URL (instead of a config)")
     p.add_argument("--since", help="a duration (1h, 30m) or an ISO time")
     p.add_argument("--until", help="a duration ago or an ISO time")
@@ -477,15 +589,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", action="store_true", help="JSON Lines, one record per line")
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("approvals", help="list or decide approvals on a running gateway")
-    p.add_argument("action", choices=["list", "approve", "deny"])
+    p = sub.add_parser(
+        "approvals",
+        help="list, show or decide approval requests on a running gateway",
+        description=f"Decisions are made as the person whose own token is in {APPROVER_TOKEN_ENV}.",
+    )
+    p.add_argument("action", choices=["list", "show", "approve", "deny"])
     p.add_argument("id", nargs="?")
-    p.add_argument("--config", "-c", required=True)
-    p.add_argument("--as", dest="user", help="your approver id (as in the approver group)")
+    p.add_argument("--config", "-c", dest="config", required=True, help="the gateway's config file")
+    p.add_argument("--as", dest="user", help=argparse.SUPPRESS)  # gone; refused with an explanation
     p.add_argument("--reason")
     p.add_argument("--status", default="pending", help="list: pending (default), all, approved, denied, …")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_approvals)
+
+    p = sub.add_parser("token", help="make a new token and print the token_sha256 line for the config")
+    p.set_defaults(func=cmd_token)
     return parser
 
 

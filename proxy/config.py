@@ -72,29 +72,48 @@ class ListenConfig(_Model):
     port: int = Field(default=8765, ge=0, le=65535)
     path: str = "/mcp"
     json_response: bool = False
+    # Beyond loopback, a front without identities would let anyone on the network call tools.
+    allow_anonymous: bool = False
 
 
 class ControlConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8766, ge=0, le=65535)
-    # Protects the approvals page and API; `${SIGNOFF_ADMIN_TOKEN}` by convention.
+    # Lets its holder view requests and the audit (never decide); `${SIGNOFF_ADMIN_TOKEN}` by convention.
     admin_token: str | None = None
+    # How the page is reached from a browser (links, the OpenID Connect redirect); default http://host:port.
+    public_url: str | None = None
+    # A page sign-in ends after this long without use (and after `session_max` in any case).
+    session_idle: Duration = 900.0
+    session_max: Duration = 43200.0
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/]+", v):
+            raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
+        return v.rstrip("/") if v else v
+
+
+def _sha256_hex(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"(sha256:)?[0-9a-fA-F]{64}", v):
+        raise ValueError("must be 64 hex digits (the SHA-256 of the token), optionally prefixed sha256:")
+    return v.removeprefix("sha256:").lower() if v else v
+
+
+TokenHash = Annotated[str | None, AfterValidator(_sha256_hex)]
 
 
 class IdentityConfig(_Model):
-    """A caller: its bearer token (from an environment variable or as a SHA-256 hash), groups, Slack user."""
+    """A caller: its bearer token (an environment variable or a SHA-256), groups, who it acts for."""
 
     token_env: str | None = None
-    token_sha256: str | None = None
+    token_sha256: TokenHash = None
     groups: list[str] = Field(default_factory=list)
+    # The human the agent acts for, who therefore cannot approve its calls: a person's name…
+    acts_for: str | None = None
+    # …or, as before `people`, their Slack user ID.
     slack_user: str | None = None
-
-    @field_validator("token_sha256")
-    @classmethod
-    def _hex(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"(sha256:)?[0-9a-fA-F]{64}", v):
-            raise ValueError("must be 64 hex digits (the SHA-256 of the token), optionally prefixed sha256:")
-        return v.removeprefix("sha256:").lower() if v else v
 
     @model_validator(mode="after")
     def _has_token(self) -> IdentityConfig:
@@ -103,16 +122,35 @@ class IdentityConfig(_Model):
         return self
 
 
-class ApproverGroupConfig(_Model):
-    """Who may decide: Slack user IDs and/or a Slack user group (resolved through the Web API)."""
+class PersonConfig(_Model):
+    """A human who decides, with their own credential: a token, a Slack user, an email (SSO)."""
 
+    token_env: str | None = None
+    token_sha256: TokenHash = None
+    slack_user: str | None = None
+    email: str | None = None
+
+    @model_validator(mode="after")
+    def _can_sign_in(self) -> PersonConfig:
+        if not (self.token_env or self.token_sha256 or self.slack_user or self.email):
+            raise ValueError(
+                "a person needs a way to prove who they are: `token_env` or `token_sha256` (page and CLI), "
+                "`slack_user` (Slack) and/or `email` (OpenID Connect sign-in)"
+            )
+        return self
+
+
+class ApproverGroupConfig(_Model):
+    """Who may decide: people by name, Slack user IDs and/or a Slack user group (via the Web API)."""
+
+    people: list[str] = Field(default_factory=list)
     users: list[str] = Field(default_factory=list)
     usergroup: str | None = None
 
     @model_validator(mode="after")
     def _someone(self) -> ApproverGroupConfig:
-        if not self.users and not self.usergroup:
-            raise ValueError("an approver group needs `users` and/or `usergroup`")
+        if not self.people and not self.users and not self.usergroup:
+            raise ValueError("an approver group needs `people`, `users` (Slack user IDs) and/or `usergroup`")
         return self
 
 
@@ -173,6 +211,7 @@ class Config(_Model):
     slack: SlackConfig | None = None
     identities: dict[str, IdentityConfig] = Field(default_factory=dict)
     stdio_identity: str | None = None
+    people: dict[str, PersonConfig] = Field(default_factory=dict)
     approvers: dict[str, ApproverGroupConfig] = Field(default_factory=dict)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
@@ -183,12 +222,6 @@ class Config(_Model):
 
     # Where relative paths (policy files, stdio cwd) are resolved; set by `load_config`.
     base_dir: Path = Field(default=Path("."), exclude=True)
-
-    @model_validator(mode="after")
-    def _references(self) -> Config:
-        if self.stdio_identity is not None and self.stdio_identity not in self.identities:
-            raise ValueError(f"stdio_identity {self.stdio_identity!r} is not one of `identities`")
-        return self
 
     @property
     def prefixed(self) -> bool:
@@ -330,11 +363,26 @@ def parse_config(data: Any, base_dir: Path = Path("."), env: dict[str, str] | No
     except ValidationError as e:
         errors.extend(format_validation_error(e))
         raise ConfigError(errors) from None
+    errors += _cross_references(config)
     if errors:
         raise ConfigError(errors)
     config.base_dir = base_dir
     config.database_url = _anchor_sqlite(config.database_url, base_dir)
     return config
+
+
+def _cross_references(config: Config) -> list[str]:
+    """Names that must refer to something defined elsewhere in the file."""
+    errors = []
+    if config.stdio_identity is not None and config.stdio_identity not in config.identities:
+        errors.append(f"stdio_identity: {config.stdio_identity!r} is not one of `identities`")
+    for name, ident in config.identities.items():
+        if ident.acts_for is not None and ident.acts_for not in config.people:
+            errors.append(f"identities.{name}.acts_for: {ident.acts_for!r} is not one of `people`")
+    for name, group in config.approvers.items():
+        unknown = [p for p in group.people if p not in config.people]
+        errors += [f"approvers.{name}.people: {p!r} is not one of `people`" for p in unknown]
+    return errors
 
 
 def _anchor_sqlite(url: str, base_dir: Path) -> str:

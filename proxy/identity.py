@@ -12,6 +12,12 @@ class Identity:
     name: str
     groups: frozenset[str] = field(default_factory=frozenset)
     slack_user: str | None = None
+    acts_for: str | None = None  # the person (name) the agent acts for
+
+    @property
+    def on_behalf_of(self) -> str | None:
+        """Who may not approve this identity's calls: the person it acts for, or their Slack user ID."""
+        return self.acts_for or self.slack_user
 
 
 ANONYMOUS = Identity(name="anonymous")

@@ -11,12 +11,15 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, case, event, func, insert, inspect, text, update
+from sqlalchemy import JSON, Column, Index, case, delete, event, func, insert, inspect, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from proxy.secretfiles import make_private
 
 log = logging.getLogger("signoff.store")
 
@@ -129,6 +132,20 @@ class RateEvent(SQLModel, table=True):
     at: float  # epoch seconds
 
 
+class WebSession(SQLModel, table=True):
+    """A browser signed in to the approvals page (or on its way through an OpenID Connect sign-in)."""
+
+    __tablename__ = "web_session"
+    id: str = Field(primary_key=True)  # SHA-256 of the cookie value; the value itself is never stored
+    person: str = ""  # who signed in; "" while an OpenID Connect sign-in is under way
+    admin: bool = False  # signed in with the admin token: may view, never decide
+    csrf: str = ""
+    via: str = ""  # token / oidc / admin
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    seen_at: datetime = Field(default_factory=utcnow, index=True)
+
+
 class SchemaVersion(SQLModel, table=True):
     """Which of `MIGRATIONS` this database has had."""
 
@@ -169,6 +186,10 @@ class Store:
 
     async def open(self) -> None:
         """Create missing tables and apply pending migrations (safe when several replicas start at once)."""
+        path = sqlite_path(self.url)
+        if path is not None:
+            # It holds who asked for what and who decided; SQLite gives its -wal/-shm files the same mode.
+            make_private(path)
         async with self.engine.begin() as conn:
             if self.is_postgres:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(7120411)"))
@@ -364,6 +385,35 @@ class Store:
             rows = await s.exec(select(Approval.id, Approval.expires_at).where(Approval.status == PENDING))
             return [(r[0], r[1]) for r in rows.all()]
 
+    # -- page sign-ins -----------------------------------------------------------------------
+
+    async def add_web_session(self, row: WebSession) -> None:
+        async with self._writing(), self.sessions() as s:
+            s.add(row)
+            await s.commit()
+
+    async def web_session(self, session_id: str) -> WebSession | None:
+        async with self.sessions() as s:
+            return await s.get(WebSession, session_id)
+
+    async def touch_web_session(self, session_id: str, at: datetime) -> None:
+        async with self._writing(), self.sessions() as s:
+            await s.exec(update(WebSession).where(col(WebSession.id) == session_id).values(seen_at=at))
+            await s.commit()
+
+    async def drop_web_sessions(
+        self, *, session_id: str | None = None, idle_since: datetime | None = None
+    ) -> None:
+        """End one sign-in, or every sign-in unused since `idle_since`."""
+        async with self._writing(), self.sessions() as s:
+            q = delete(WebSession)
+            if session_id is not None:
+                q = q.where(col(WebSession.id) == session_id)
+            if idle_since is not None:
+                q = q.where(col(WebSession.seen_at) < idle_since)
+            await s.exec(q)
+            await s.commit()
+
     # -- audit -------------------------------------------------------------------------------
 
     async def write_audit(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -499,6 +549,13 @@ _AUDIT_DEFAULTS = {
 def _audit_row(fields: dict[str, Any]) -> dict[str, Any]:
     # executemany needs every row to name the same columns.
     return {**_AUDIT_DEFAULTS, **fields}
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL (None for another database or an in-memory one)."""
+    if not url.startswith("sqlite") or ":memory:" in url or "///" not in url:
+        return None
+    return Path(url.split("///", 1)[1].split("?", 1)[0])
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:

@@ -1,12 +1,11 @@
 """The embedded approval channel: a web page and JSON API on the control port (no Slack needed).
 
-`GET /approvals` serves the page; the API under `/api/` needs `Authorization: Bearer <admin token>`.
-The page keeps the token from its URL fragment (`#token=…`), which browsers never send to servers.
+`GET /approvals` serves the page. The API under `/api/` answers people signed in to the page, a
+person's own bearer token (the CLI) and, for viewing only, the admin token (see `proxy.signin`).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from datetime import datetime
 from importlib import resources
@@ -15,7 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from proxy.approvals import Broker
+from proxy.signin import SignIn
 from proxy.store import EXECUTED, PENDING, Approval, AuditRecord, Store, utcnow
+from proxy.webjson import json_error, json_response
 
 log = logging.getLogger("signoff.web")
 
@@ -50,7 +51,7 @@ class WebChannel:
 
 
 def approval_json(a: Approval, voters: list[str] | None = None) -> dict[str, Any]:
-    """The API's view of an approval (arguments are the redacted copy the store keeps)."""
+    """The API's view of an approval: every argument as it will run, secrets masked where they stand."""
     left = max(0.0, (a.expires_at - utcnow()).total_seconds()) if a.status == PENDING else 0.0
     return {
         "id": a.id,
@@ -65,6 +66,7 @@ def approval_json(a: Approval, voters: list[str] | None = None) -> dict[str, Any
         "rule": a.rule,
         "ruleReason": a.rule_reason,
         "arguments": a.arguments,
+        "argumentsHash": a.args_hash,
         "approvers": a.approvers,
         "quorum": a.quorum,
         "votes": voters or [],
@@ -102,27 +104,17 @@ def audit_json(r: AuditRecord) -> dict[str, Any]:
 
 
 class ApprovalsApi:
-    """Routes for the page and `signoff approvals`; every API call checks the admin token."""
+    """Routes for the page and `signoff approvals`: anyone signed in views; only a person decides."""
 
-    def __init__(self, app: web.Application, store: Store, broker: Broker, admin_token: str) -> None:
+    def __init__(self, app: web.Application, store: Store, broker: Broker, signin: SignIn) -> None:
         self.store = store
         self.broker = broker
-        self.admin_token = admin_token
+        self.signin = signin
         app.router.add_get("/approvals", self.page)
         app.router.add_get("/api/approvals", self.list)
         app.router.add_get("/api/approvals/{id}", self.get)
         app.router.add_post("/api/approvals/{id}/decide", self.decide)
         app.router.add_get("/api/audit", self.audit)
-
-    def _authorized(self, request: web.Request) -> None:
-        header = request.headers.get("Authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not token or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
-            raise web.HTTPUnauthorized(
-                text='{"error": "admin token required"}',
-                content_type="application/json",
-                headers={"WWW-Authenticate": 'Bearer realm="signoff-admin"'},
-            )
 
     async def page(self, _: web.Request) -> web.Response:
         html = resources.files("proxy").joinpath("web/approvals.html").read_text()
@@ -131,7 +123,7 @@ class ApprovalsApi:
             content_type="text/html",
             headers={
                 "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                "style-src 'unsafe-inline'; connect-src 'self'",
+                "style-src 'unsafe-inline'; connect-src 'self'; form-action 'self'",
                 "X-Frame-Options": "DENY",
                 "Referrer-Policy": "no-referrer",
                 "Cache-Control": "no-store",
@@ -139,64 +131,70 @@ class ApprovalsApi:
         )
 
     async def list(self, request: web.Request) -> web.Response:
-        self._authorized(request)
+        await self.signin.viewer(request)
         status = request.query.get("status", "pending")
         if status not in _STATUSES:
-            raise web.HTTPBadRequest(
-                text=f'{{"error": "status must be one of {", ".join(_STATUSES)}"}}',
-                content_type="application/json",
-            )
+            raise json_error(web.HTTPBadRequest, f"status must be one of {', '.join(_STATUSES)}")
         limit = _int(request.query.get("limit"), 100)
         rows = await self.store.approvals(None if status == "all" else status, limit=limit)
         out = [approval_json(a, await self.store.voters(a.id) if a.quorum > 1 else None) for a in rows]
-        return web.json_response({"approvals": out})
+        return json_response({"approvals": out})
 
     async def get(self, request: web.Request) -> web.Response:
-        self._authorized(request)
+        await self.signin.viewer(request)
         a = await self.store.approval(request.match_info["id"])
         if a is None:
-            raise web.HTTPNotFound(text='{"error": "no such approval"}', content_type="application/json")
-        return web.json_response(approval_json(a, await self.store.voters(a.id)))
+            raise json_error(web.HTTPNotFound, "no such approval")
+        return json_response(approval_json(a, await self.store.voters(a.id)))
 
     async def decide(self, request: web.Request) -> web.Response:
-        self._authorized(request)
+        person = await self.signin.decider(request)
         try:
             body = await request.json()
         except ValueError:
-            raise web.HTTPBadRequest(
-                text='{"error": "the body must be JSON"}', content_type="application/json"
+            raise json_error(web.HTTPBadRequest, "the body must be JSON")
+        if not isinstance(body, dict):
+            raise json_error(web.HTTPBadRequest, "the body must be a JSON object")
+        if "user" in body:
+            # Deciding "as" someone else was how the admin token impersonated people; name it plainly.
+            raise json_error(
+                web.HTTPBadRequest,
+                "`user` is not accepted: decisions are made as the signed-in person "
+                f"({person.name}); remove it",
             )
-        decision = body.get("decision") if isinstance(body, dict) else None
-        user = body.get("user") if isinstance(body, dict) else None
-        reason = (body.get("reason") or None) if isinstance(body, dict) else None
-        if decision not in ("approve", "deny") or not isinstance(user, str) or not user.strip():
-            raise web.HTTPBadRequest(
-                text='{"error": "give decision (approve|deny) and user"}', content_type="application/json"
-            )
+        decision = body.get("decision")
+        reason = body.get("reason") or None
+        if decision not in ("approve", "deny"):
+            raise json_error(web.HTTPBadRequest, "give decision: approve or deny")
         if decision == "deny" and (not isinstance(reason, str) or not reason.strip()):
-            raise web.HTTPBadRequest(
-                text='{"error": "a denial needs a reason (it is shown to the agent)"}',
-                content_type="application/json",
-            )
+            raise json_error(web.HTTPBadRequest, "a denial needs a reason (it is shown to the agent)")
+        if reason is not None and not isinstance(reason, str):
+            raise json_error(web.HTTPBadRequest, "reason must be a string")
         result = await self.broker.decide(
-            request.match_info["id"], decision == "approve", user.strip(), reason
+            request.match_info["id"], decision == "approve", person, reason.strip() if reason else None
         )
         status = (
             200 if result.accepted else 403 if result.refused else 404 if result.status == "unknown" else 409
         )
-        return web.json_response(
-            {"accepted": result.accepted, "status": result.status, "message": result.message}, status=status
+        return json_response(
+            {
+                "accepted": result.accepted,
+                "status": result.status,
+                "message": result.message,
+                "by": person.name,
+            },
+            status=status,
         )
 
     async def audit(self, request: web.Request) -> web.Response:
-        self._authorized(request)
+        await self.signin.viewer(request)
         rows = await self.store.audit(
             limit=_int(request.query.get("limit"), 50),
             identity=request.query.get("identity"),
             tool=request.query.get("tool"),
             decision=request.query.get("decision"),
         )
-        return web.json_response({"records": [audit_json(r) for r in rows]})
+        return json_response({"records": [audit_json(r) for r in rows]})
 
 
 _STATUSES = ("all", "pending", "approved", "denied", "expired", "withdrawn", "executed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,30 @@ def http_echo(tmp_path: Path, exec_log: Path) -> Iterator[tuple[str, Proc]]:
 
 
 ADMIN_TOKEN = "test-admin-token"
+# The humans who decide in tests, each with their own token (only its SHA-256 is in the config).
+PEOPLE_NAMES = ("alice", "bob", "carol", "dave")
+
+
+def person_token(name: str) -> str:
+    """A test person's own approver token."""
+    return f"{name}-approver-token"
+
+
+PEOPLE = {
+    name: {
+        "token_sha256": hashlib.sha256(person_token(name).encode()).hexdigest(),
+        "slack_user": f"U_{name.upper()}",
+        "email": f"{name}@example.com",
+    }
+    for name in PEOPLE_NAMES
+}
+
+
+def person_named(user: str) -> str:
+    """The test person a name or Slack user ID (`U_ALICE`) stands for."""
+    return user.removeprefix("U_").lower() if user.startswith("U_") else user
+
+
 DECISION = "dev.signoff/decision"
 # Raw Streamable HTTP, for tests that send frames no SDK client would.
 RAW_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -105,12 +130,14 @@ class Admin:
     async def decide(
         self, approval_id: str, decision: str, user: str, reason: str | None = None
     ) -> tuple[int, dict[str, Any]]:
+        """Decide as the test person `user` (a name, or their Slack ID), with that person's own token."""
         import httpx2
 
-        async with httpx2.AsyncClient(headers=self.headers, timeout=30) as http:
+        headers = {"Authorization": f"Bearer {person_token(person_named(user))}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
             r = await http.post(
                 f"{self.base}/api/approvals/{approval_id}/decide",
-                json={"decision": decision, "user": user, "reason": reason},
+                json={"decision": decision, "reason": reason},
             )
             return r.status_code, r.json()
 
@@ -138,6 +165,7 @@ def gateway_config(exec_log: Path, policy: dict[str, Any] | str | None, **extra:
         "upstreams": {"echo": stdio_echo(exec_log)},
         "control": {"host": "127.0.0.1", "port": free_port(), "admin_token": ADMIN_TOKEN},
         "approvals": {"progress_interval": "0.5s"},
+        "people": PEOPLE,
         **extra,
     }
     if policy is not None:

@@ -24,7 +24,7 @@ HOLD = {
     "action": "require_approval",
     "approval": {"approvers": "oncall", "timeout": "20s"},
 }
-APPROVERS = {"oncall": {"users": ["alice", "bob", "carol", "U_ALICE", "U_BOB"]}}
+APPROVERS = {"oncall": {"people": ["alice", "bob", "carol"]}}
 
 
 def policy(*rules: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +157,7 @@ async def test_self_approval_and_non_approvers_are_refused_and_audited(
             assert pending["identity"] == "agent" and pending["actsFor"] == "U_ALICE"
             status, body = await admin.decide(pending["id"], "approve", "U_ALICE")
             assert status == 403 and "on your behalf" in body["message"]
-            status, body = await admin.decide(pending["id"], "approve", "mallory")
+            status, body = await admin.decide(pending["id"], "approve", "dave")  # a person, not in oncall
             assert status == 403 and "not an approver" in body["message"]
             assert (await admin.get(pending["id"]))["status"] == "pending" and not task.done()
             status, body = await admin.decide(pending["id"], "approve", "U_BOB")
@@ -166,8 +166,8 @@ async def test_self_approval_and_non_approvers_are_refused_and_audited(
             assert not result.is_error
         refused = await admin.audit_for(lambda r: r["decision"] == "refused_click", n=2)
         assert sorted((r["approvers"], r["reason"]) for r in refused) == [
-            ("U_ALICE", "self-approval"),
-            ("mallory", "not an approver"),
+            ("alice", "self-approval"),
+            ("dave", "not an approver"),
         ]
     assert len(executions(exec_log, "delete_thing")) == 1
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import yaml
 from mcp import Client
 
-from tests.conftest import ADMIN_TOKEN, Admin, executions, gateway_config, stdio_echo
+from tests.conftest import ADMIN_TOKEN, PEOPLE, Admin, executions, gateway_config, person_token, stdio_echo
 from tests.procs import ROOT, SIGNOFF, running_gateway, write_config
 from tests.test_approvals import APPROVERS, HOLD, call_held, policy
 
@@ -35,6 +37,7 @@ def test_tools_lists_risk_classes_from_annotations_and_names(tmp_path: Path, exe
 def test_check_prints_the_effective_decision_per_tool(tmp_path: Path, exec_log: Path) -> None:
     cfg = {
         "upstreams": {"echo": stdio_echo(exec_log)},
+        "people": PEOPLE,
         "approvers": APPROVERS,
         "policy": {
             "default": "deny",
@@ -99,41 +102,65 @@ def test_init_writes_a_starting_policy_that_loads(tmp_path: Path, exec_log: Path
     assert signoff("check", str(write_config(cfg, tmp_path / "with-policy.yaml"))).returncode == 0
 
 
-async def test_approvals_cli_lists_and_decides_on_a_running_gateway(tmp_path: Path, exec_log: Path) -> None:
+def signoff_as(person: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run by `person` (their own token in SIGNOFF_APPROVER_TOKEN), or by nobody in particular."""
+    env = {k: v for k, v in os.environ.items() if k != "SIGNOFF_APPROVER_TOKEN"}
+    if person is not None:
+        env["SIGNOFF_APPROVER_TOKEN"] = person_token(person)
+    return subprocess.run([*SIGNOFF, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+
+
+async def test_approvals_cli_shows_and_decides_as_the_person_whose_token_it_has(
+    tmp_path: Path, exec_log: Path
+) -> None:
     with running_gateway(gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
+        conf = str(gw.config_path)
         async with Client(gw.mcp_url, mode="legacy") as client:
             task = asyncio.create_task(call_held(client, "via-cli"))
             [pending] = await Admin(gw.control_url).pending()
-            listed = await asyncio.to_thread(signoff, "approvals", "list", "--config", str(gw.config_path))
+            listed = await asyncio.to_thread(signoff, "approvals", "list", "--config", conf)
             assert pending["id"] in listed.stdout and "delete_thing" in listed.stdout
+            shown = await asyncio.to_thread(signoff, "approvals", "show", pending["id"], "--config", conf)
+            assert shown.returncode == 0, shown.stderr
+            assert '"name": "via-cli"' in shown.stdout and pending["argumentsHash"] in shown.stdout
+            # Nobody's token: the admin token views but cannot decide, and the CLI says how to get one.
+            anonymous = await asyncio.to_thread(
+                signoff_as, None, "approvals", "approve", pending["id"], "-c", conf
+            )
+            assert anonymous.returncode != 0 and "SIGNOFF_APPROVER_TOKEN" in anonymous.stderr
+            gone = await asyncio.to_thread(
+                signoff_as, "alice", "approvals", "approve", pending["id"], "-c", conf, "--as", "bob"
+            )
+            assert gone.returncode == 2 and "--as is gone" in gone.stderr
             denied = await asyncio.to_thread(
-                signoff, "approvals", "deny", pending["id"], "--config", str(gw.config_path), "--as", "alice"
+                signoff_as, "alice", "approvals", "deny", pending["id"], "-c", conf
             )
             assert denied.returncode == 2 and "--reason" in denied.stderr
+            assert (await Admin(gw.control_url).get(pending["id"]))["status"] == "pending"
+            assert executions(exec_log, "delete_thing") == []
             ok = await asyncio.to_thread(
-                signoff,
-                "approvals",
-                "approve",
-                pending["id"],
-                "--config",
-                str(gw.config_path),
-                "--as",
-                "alice",
+                signoff_as, "alice", "approvals", "approve", pending["id"], "-c", conf
             )
-            assert ok.returncode == 0 and ok.stdout.strip() == "Approved."
+            assert ok.returncode == 0 and ok.stdout.strip() == "Approved. (as alice)"
             result, _ = await asyncio.wait_for(task, 10)
             assert result.content[0].text == "deleted via-cli"
             again = await asyncio.to_thread(
-                signoff, "approvals", "approve", pending["id"], "--config", str(gw.config_path), "--as", "bob"
+                signoff_as, "bob", "approvals", "approve", pending["id"], "-c", conf
             )
             assert again.returncode == 1 and "Already approved by alice" in again.stdout
 
 
-async def test_generated_admin_token_is_kept_for_the_cli(tmp_path: Path, exec_log: Path) -> None:
+async def test_generated_admin_token_is_kept_for_the_cli_and_never_logged(
+    tmp_path: Path, exec_log: Path
+) -> None:
     cfg: dict[str, Any] = gateway_config(exec_log, policy(HOLD), approvers=APPROVERS)
     del cfg["control"]["admin_token"]
     with running_gateway(cfg, tmp_path) as gw:
-        assert "approvals page: http://" in gw.output() and "#token=" in gw.output()
+        token_file = tmp_path / "gateway.db.admin-token"
+        token = token_file.read_text().strip()
+        assert "approvals page: http://" in gw.output() and token not in gw.output()
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "gateway.db").stat().st_mode) == 0o600
         listed = await asyncio.to_thread(signoff, "approvals", "list", "--config", str(gw.config_path))
         assert listed.returncode == 0, listed.stderr
         wrong = Admin(gw.control_url, token=ADMIN_TOKEN)  # the configured-in-tests token is not valid here
@@ -141,3 +168,19 @@ async def test_generated_admin_token_is_kept_for_the_cli(tmp_path: Path, exec_lo
 
         async with httpx2.AsyncClient(headers=wrong.headers) as http:
             assert (await http.get(gw.control_url + "/api/approvals")).status_code == 401
+
+
+async def test_secret_files_are_made_owner_only_whatever_existed_before(
+    tmp_path: Path, exec_log: Path
+) -> None:
+    cfg: dict[str, Any] = gateway_config(exec_log, policy(HOLD), approvers=APPROVERS)
+    del cfg["control"]["admin_token"]
+    token_file, db = tmp_path / "gateway.db.admin-token", tmp_path / "gateway.db"
+    token_file.write_text("kept-from-before\n")
+    db.touch()
+    for path in (token_file, db):
+        os.chmod(path, 0o666)
+    with running_gateway(cfg, tmp_path):
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        assert token_file.read_text().strip() == "kept-from-before"  # shared, never overwritten

@@ -41,7 +41,7 @@ def config(exec_log: Path) -> dict[str, Any]:
         "upstreams": {"echo": stdio_echo(exec_log)},
         "control": {"host": "127.0.0.1", "port": free_port(), "admin_token": TOKEN},
         "approvals": {"progress_interval": "1s"},
-        "approvers": {"oncall": {"users": ["alice", "bob"]}},
+        "approvers": {"oncall": {"people": ["alice", "bob"]}},
         "policy": {
             "default": "allow",
             "rules": [

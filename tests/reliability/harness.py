@@ -51,7 +51,7 @@ from tests.procs import ROOT, SIGNOFF
 TOKENS = {"agent-a": "reliability-token-a-0123456789", "agent-b": "reliability-token-b-9876543210"}
 TOKEN_ENV = {"agent-a": "REL_TOKEN_A", "agent-b": "REL_TOKEN_B"}
 GATEWAY_ENV = {TOKEN_ENV[name]: token for name, token in TOKENS.items()}
-APPROVERS = {"oncall": {"users": ["alice", "bob"]}}
+APPROVERS = {"oncall": {"people": ["alice", "bob"]}}
 DENY_REASON = "the load test says no"
 
 # Path-like and injection-like strings: data to the gateway, passed through and shown inert.
