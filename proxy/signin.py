@@ -63,6 +63,8 @@ class SignIn:
         self.max_age = max_age
         self.secure = secure
         self._failures: dict[str, deque[float]] = {}
+        self.single_sign_on = False  # set when OpenID Connect is configured
+        app.router.add_get("/auth/options", self.options)
         app.router.add_post("/auth/token", self.sign_in_with_token)
         app.router.add_get("/auth/me", self.me)
         app.router.add_post("/auth/logout", self.sign_out)
@@ -158,6 +160,12 @@ class SignIn:
         address = request.remote or "?"
         if self._too_many_failures(address):
             raise json_error(web.HTTPTooManyRequests, "too many failed sign-ins; wait a few minutes")
+        if request.content_type != "application/json":
+            # Another site's form cannot send JSON without a CORS preflight, which we never grant: this
+            # keeps a hostile page from signing a browser in as someone else.
+            raise json_error(
+                web.HTTPUnsupportedMediaType, "send the token as JSON (Content-Type: application/json)"
+            )
         try:
             body = await request.json()
         except ValueError:
@@ -177,6 +185,10 @@ class SignIn:
         csrf = await self.start_session(response, person, "token" if person else "admin")
         response.body = json_response(_me(person, csrf)).body
         return response
+
+    async def options(self, _: web.Request) -> web.Response:
+        """GET /auth/options: which ways of signing in the page should offer (no sign-in needed)."""
+        return json_response({"token": True, "oidc": self.single_sign_on})
 
     async def me(self, request: web.Request) -> web.Response:
         """GET /auth/me: who this browser is signed in as, and the CSRF token its decisions must carry."""

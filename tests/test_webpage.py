@@ -18,7 +18,7 @@ import pytest
 from mcp import Client
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
-from tests.conftest import executions, stdio_echo
+from tests.conftest import PEOPLE, executions, person_token, stdio_echo
 from tests.procs import Gateway, free_port, running_gateway
 
 pytestmark = pytest.mark.browser
@@ -41,6 +41,7 @@ def config(exec_log: Path) -> dict[str, Any]:
         "upstreams": {"echo": stdio_echo(exec_log)},
         "control": {"host": "127.0.0.1", "port": free_port(), "admin_token": TOKEN},
         "approvals": {"progress_interval": "1s"},
+        "people": PEOPLE,
         "approvers": {"oncall": {"people": ["alice", "bob"]}},
         "policy": {
             "default": "allow",
@@ -126,8 +127,10 @@ def card(page: Page, name: str) -> Any:
     return page.locator("#pending article.card").filter(has_text=f'"name": "{name}"')
 
 
-async def open_page(page: Page, gw: Gateway, token: str = TOKEN) -> None:
-    await page.goto(f"{gw.control_url}/approvals#token={token}")
+async def open_page(page: Page, gw: Gateway, person: str = "alice") -> None:
+    """Open the page through the person's sign-in link (their own token in the fragment)."""
+    await page.goto(f"{gw.control_url}/approvals#signin={person_token(person)}")
+    await expect(page.locator("#whoami")).to_have_text(f"Signed in as {person}")
 
 
 async def test_approve_one_deny_the_other(gateway: Gateway, page: Page, exec_log: Path) -> None:
@@ -143,8 +146,7 @@ async def test_approve_one_deny_the_other(gateway: Gateway, page: Page, exec_log
         await wait_pending(gateway, 2)
 
         await open_page(page, gateway)
-        assert "#token=" not in page.url  # the page drops the token from the address bar
-        await page.get_by_label("Deciding as").fill("alice")
+        assert "#signin=" not in page.url  # the page drops the token from the address bar
         await expect(page.locator("#pending article.card")).to_have_count(2)
         await expect(card(page, "alpha")).to_contain_text("risk: destructive")
         await expect(card(page, "alpha")).to_contain_text("rule: on-call approves deletes")
@@ -192,21 +194,28 @@ async def test_approve_one_deny_the_other(gateway: Gateway, page: Page, exec_log
     await expect(audit.filter(has_text="denied")).to_have_count(1)
 
 
-async def test_wrong_token_shows_the_token_prompt(gateway: Gateway, page: Page) -> None:
-    await open_page(page, gateway, token="not-the-token")
+async def test_sign_in_with_a_wrong_token_then_ones_own(gateway: Gateway, page: Page) -> None:
+    await page.goto(f"{gateway.control_url}/approvals#signin=not-the-token")
     prompt = page.locator("#login")
     await expect(prompt).to_be_visible()
-    await expect(prompt).to_contain_text("The gateway did not accept that token.")
+    await expect(prompt).to_contain_text("neither a person's token nor the admin token")
     await expect(page.locator("#app")).to_be_hidden()
 
-    await page.get_by_label("admin token").fill(TOKEN)
-    await page.get_by_label("admin token").press("Enter")
+    await page.get_by_label("your approver token").fill(person_token("bob"))
+    await page.get_by_label("your approver token").press("Enter")
     await expect(page.locator("#app")).to_be_visible()
+    await expect(page.locator("#whoami")).to_have_text("Signed in as bob")
     await expect(prompt).to_be_hidden()
     await expect(page.locator("#pending")).to_have_text("Nothing is waiting.")
+    # The session rides an HttpOnly cookie: no script on the page can read it.
+    assert "signoff_session" not in await page.evaluate("document.cookie")
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(prompt).to_be_visible()
+    await page.reload()
+    await expect(prompt).to_be_visible()  # signed out on the server too
 
 
-async def test_non_approver_is_refused_and_nothing_is_decided(
+async def test_a_non_approver_is_refused_and_nothing_is_decided(
     gateway: Gateway, page: Page, exec_log: Path
 ) -> None:
     page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
@@ -214,12 +223,11 @@ async def test_non_approver_is_refused_and_nothing_is_decided(
         call = held_call(client, "gamma")
         [pending] = await wait_pending(gateway, 1)
 
-        await open_page(page, gateway)
-        await page.get_by_label("Deciding as").fill("mallory")
+        await open_page(page, gateway, "dave")  # a person, but not in the oncall group
         approve = card(page, "gamma").get_by_role("button", name="Approve")
         await approve.click()
         banner = page.locator("#banner")
-        await expect(banner).to_contain_text("You are not an approver for this request")
+        await expect(banner).to_contain_text("You (dave) are not an approver for this request")
         await expect(banner).to_have_class("show err")
 
         # Nothing was decided: still pending, nothing ran, the call still waits; the refusal is audited.
@@ -231,11 +239,57 @@ async def test_non_approver_is_refused_and_nothing_is_decided(
         await expect(page.locator("#audit tr").filter(has_text="refused_click")).to_have_count(1)
         await expect(card(page, "gamma")).to_be_visible()
 
-        # The refused click left the buttons usable: the real on-call engineer can still decide.
-        await expect(approve).to_be_enabled()
-        await page.get_by_label("Deciding as").fill("bob")
-        await approve.click()
-        await expect(banner).to_have_text("Approved.")
+        # The real on-call engineer signs in on the same browser and decides.
+        await page.get_by_role("button", name="Sign out").click()
+        await open_page(page, gateway, "bob")
+        await card(page, "gamma").get_by_role("button", name="Approve").click()
+        await expect(banner).to_contain_text("Approved")
         result = await asyncio.wait_for(call, 10)
         assert not result.is_error and result.content[0].text == "deleted gamma"
+        await expect(banner).to_have_text("Approved by bob: delete_thing ran successfully.")
     assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["gamma"]
+
+
+async def test_a_dismissed_confirmation_decides_nothing_and_says_so(
+    gateway: Gateway, page: Page, exec_log: Path
+) -> None:
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.dismiss()))
+    async with Client(gateway.mcp_url, mode="legacy") as client:
+        call = held_call(client, "delta")
+        [pending] = await wait_pending(gateway, 1)
+        await open_page(page, gateway)
+        await card(page, "delta").get_by_role("button", name="Approve").click()
+        await expect(page.locator("#banner")).to_contain_text("Not approved: you cancelled the confirmation")
+        status = (await asyncio.to_thread(api, gateway, f"/api/approvals/{pending['id']}"))["status"]
+        assert status == "pending" and not call.done()
+        call.cancel()
+    assert executions(exec_log, "delete_thing") == []
+
+
+async def test_the_admin_token_views_without_buttons(gateway: Gateway, page: Page) -> None:
+    async with Client(gateway.mcp_url, mode="legacy") as client:
+        call = held_call(client, "epsilon")
+        await wait_pending(gateway, 1)
+        await page.goto(f"{gateway.control_url}/approvals#signin={TOKEN}")
+        await expect(page.locator("#viewonly")).to_be_visible()
+        await expect(card(page, "epsilon")).to_be_visible()
+        await expect(card(page, "epsilon").get_by_role("button", name="Approve")).to_have_count(0)
+        call.cancel()
+
+
+async def test_the_page_fits_a_phone_and_shows_every_argument_with_its_hash(
+    gateway: Gateway, page: Page
+) -> None:
+    await page.set_viewport_size({"width": 390, "height": 844})
+    long_name = "x" * 400 + " DROP TABLE users; " + "y" * 400
+    async with Client(gateway.mcp_url, mode="legacy") as client:
+        call = held_call(client, long_name)
+        [pending] = await wait_pending(gateway, 1)
+        await open_page(page, gateway)
+        shown = page.locator("#pending article.card pre")
+        await expect(shown).to_contain_text("DROP TABLE users;")  # nothing cut on the page
+        await expect(page.locator("#pending .hash")).to_contain_text(pending["argumentsHash"])
+        await page.wait_for_timeout(300)  # one layout pass after rendering
+        overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow}px wider than a 390px phone"
+        call.cancel()
