@@ -10,7 +10,7 @@ import pytest
 
 from proxy.risk import Classification, call_risk, classify, explain, path_text, tokens
 
-# Names of the older RunPod MCP server (3.x), classified by name alone.
+# Tool names in RunPod's style (no descriptions, no schemas): the name alone decides.
 RUNPOD_NAMES = {
     "list-pods": "read",
     "get-pod": "read",
