@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from proxy.policy import parse_path
@@ -404,7 +405,8 @@ _LIST_ITEM = re.compile(rf"{_QUOTED}|{_ITEM}")
 _EXAMPLES = re.compile(r"(?:\be\.\s?g\.?|\bfor example|\bsuch as|\blike)[\s,:(]*$", re.IGNORECASE)
 
 
-def _values_in_text(text: str) -> list[str]:
+@lru_cache(maxsize=1024)  # schemas repeat the same property descriptions across tools
+def _values_in_text(text: str) -> tuple[str, ...]:
     values: list[str] = []
     for match in _LIST.finditer(text):
         if _EXAMPLES.search(text[: match.start()]):
@@ -414,4 +416,4 @@ def _values_in_text(text: str) -> list[str]:
             value = item.strip("`'\"")
             if value.lower() not in ("or", "and") and value not in values:
                 values.append(value)
-    return values
+    return tuple(values)
