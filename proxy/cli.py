@@ -110,7 +110,7 @@ def _listed(listing: dict[str, list[dict[str, Any]] | str]) -> tuple[list[tuple[
 def _risk(tool: dict[str, Any]) -> str:
     from proxy.risk import classify
 
-    return classify(tool["name"], tool.get("description"), tool.get("annotations"))
+    return classify(tool["name"], tool.get("description"), tool.get("annotations"), tool.get("inputSchema"))
 
 
 def _first_line(text: str | None, width: int = 60) -> str:
@@ -226,45 +226,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def starter_policy(listing: dict[str, list[dict[str, Any]] | str], config: Config) -> dict[str, Any]:
-    """Reads allowed, writes rate-limited, destructive tools behind approval (signoff's native format)."""
-    from proxy.naming import Names
-
-    names = Names(list(config.upstreams), config.tool_separator, config.prefixed)
-    by_risk: dict[str, list[str]] = {"read": [], "write": [], "destructive": []}
-    for upstream, tools in listing.items():
-        if isinstance(tools, list):
-            for tool in tools:
-                by_risk[_risk(tool)].append(names.public(upstream, tool["name"]))
-    rules: list[dict[str, Any]] = []
-    if by_risk["destructive"]:
-        rules.append(
-            {
-                "name": "destructive tools need on-call approval",
-                "tools": sorted(by_risk["destructive"]),
-                "action": "require_approval",
-            }
-        )
-    if by_risk["write"]:
-        rules.append(
-            {
-                "name": "writes are rate-limited",
-                "tools": sorted(by_risk["write"]),
-                "action": "allow",
-                "rate_limit": {"max": 30, "window": "1m", "per": "identity"},
-            }
-        )
-    if by_risk["read"]:
-        rules.append({"name": "reads are allowed", "tools": sorted(by_risk["read"]), "action": "allow"})
-    return {
-        "mode": "enforce",
-        "default": "require_approval",
-        "approval_defaults": {"approvers": "oncall", "timeout": "10m", "quorum": 1, "mode": "hold"},
-        "rules": rules,
-    }
-
-
 def cmd_init(args: argparse.Namespace) -> int:
+    from proxy.naming import Names
+    from proxy.starter import starter_policy
+
     config = _load(_config_arg(args))
     listing = asyncio.run(fetch_tools(config))
     errors = {k: v for k, v in listing.items() if isinstance(v, str)}
@@ -272,7 +237,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"signoff: upstream {upstream}: {why}", file=sys.stderr)
     if len(errors) == len(listing):
         return 1
-    policy = starter_policy(listing, config)
+    policy = starter_policy(listing, Names(list(config.upstreams), config.tool_separator, config.prefixed))
     text = (
         "# Starting policy written by `signoff init`: reads allowed, writes rate-limited,\n"
         "# destructive tools behind on-call approval, anything new needs approval too.\n"
@@ -287,8 +252,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"signoff: {out} exists; use --force to overwrite", file=sys.stderr)
         return 1
     out.write_text(text)
+    tools = {tool for rule in policy["rules"] for tool in rule["tools"]}  # a tool may have several rules
     print(
-        f"wrote {out}: {sum(len(r['tools']) for r in policy['rules'])} tools in {len(policy['rules'])} rules",
+        f"wrote {out}: {len(tools)} tools in {len(policy['rules'])} rules",
         file=sys.stderr,
     )
     return 0
