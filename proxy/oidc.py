@@ -140,18 +140,19 @@ def check_callback(
     iss_required: bool = False,
     now: float | None = None,
 ) -> str:
-    """Check the IdP's redirect back (error, state, iss, age) and return the authorization code."""
-    if "error" in params:
-        error = _clip(params["error"])
-        detail = params.get("error_description")
-        detail = f": {_clip(detail)}" if detail else ""
-        raise OidcError(f"the identity provider refused the sign-in ({error}{detail})")
+    """Check the IdP's redirect back (state, age, error, iss) and return the authorization code."""
+    # State first: an error text is shown to the person, so it must come from their own sign-in.
     got_state = params.get("state", "")
     if not got_state or not hmac.compare_digest(got_state.encode(), login.state.encode()):
         raise OidcError("the callback's state does not match this browser's sign-in; start again")
     age = (time.time() if now is None else now) - login.created
     if age > LOGIN_TTL:
         raise OidcError(f"the sign-in took longer than {int(LOGIN_TTL // 60)} minutes; start again")
+    if "error" in params:
+        error = _clip(params["error"])
+        detail = params.get("error_description")
+        detail = f": {_clip(detail)}" if detail else ""
+        raise OidcError(f"the identity provider refused the sign-in ({error}{detail})")
     iss = params.get("iss")
     if iss is not None and iss != issuer:
         raise OidcError(f"the callback names issuer {_clip(iss)}, not {issuer}")
@@ -231,7 +232,7 @@ class OidcClient:
         # carry the provider's own spelling.
         if str(metadata.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
             raise OidcUnavailable(
-                f"OpenID provider {issuer} calls itself {_clip(str(metadata.get('issuer')))!s}; "
+                f"OpenID provider {issuer} calls itself {_clip(str(metadata.get('issuer')))}; "
                 "check oidc.issuer"
             )
         for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):

@@ -441,12 +441,13 @@ ISSUER = "https://idp.example.com"
 @pytest.mark.parametrize(
     ("params", "now", "problem"),
     [
-        ({"error": "access_denied"}, 1001, "refused the sign-in (access_denied)"),
+        ({"error": "access_denied", "state": "the-state"}, 1001, "refused the sign-in (access_denied)"),
         (
-            {"error": "login_required", "error_description": "no session"},
+            {"error": "login_required", "error_description": "no\n  session", "state": "the-state"},
             1001,
             "(login_required: no session)",
         ),
+        ({"error": "access_denied", "error_description": "call 555"}, 1001, "state does not match"),
         ({"code": "c", "state": "other"}, 1001, "state does not match"),
         ({"code": "c"}, 1001, "state does not match"),
         ({"code": "c", "state": "the-state"}, 1000 + LOGIN_TTL + 1, "took longer than 10 minutes"),
