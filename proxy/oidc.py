@@ -11,7 +11,7 @@ and `finish`; between the two they keep the `LoginState` server-side, keyed by a
         pending[key] = login.to_dict()  # server-side; drop entries older than LOGIN_TTL
         response = web.HTTPFound(url)
         # SameSite=Lax, not Strict: the IdP's redirect back is a cross-site navigation.
-        response.set_cookie("signoff_oidc", key, httponly=True, samesite="Lax", max_age=LOGIN_TTL)
+        response.set_cookie("signoff_oidc", key, httponly=True, samesite="Lax", max_age=int(LOGIN_TTL))
         raise response
 
     @routes.get("/auth/oidc/callback")
