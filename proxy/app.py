@@ -166,6 +166,8 @@ class App:
             secure=self.page_url().startswith("https://"),
         )
         ApprovalsApi(self.control.app, self.store, self.broker, self.signin)
+        if config.oidc is not None:
+            self._single_sign_on(config)
         self._http: _Uvicorn | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.stopping = asyncio.Event()
@@ -198,6 +200,21 @@ class App:
                 "cannot keep the admin token in %s (%s); using one for this run only", path, e.strerror
             )
             return new_token()
+
+    def _single_sign_on(self, config: Config) -> None:
+        from proxy.oidc import OidcClient  # only gateways that use single sign-on load the OIDC stack
+        from proxy.sso import SingleSignOn
+
+        assert config.oidc is not None
+        base = self.page_url().removesuffix("/approvals")
+        SingleSignOn(
+            self.control.app,
+            self.store,
+            self.people,
+            self.signin,
+            OidcClient(config.oidc, config.oidc.secret()),
+            config.oidc.redirect_url or f"{base}/auth/oidc/callback",
+        )
 
     def _slack_channel(self, cfg: SlackConfig) -> ApprovalChannel:
         factory = load_channel_plugin("slack")

@@ -7,11 +7,14 @@ validation, so secrets stay out of the file. Every problem is reported as
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -95,6 +98,13 @@ class ControlConfig(_Model):
         return v.rstrip("/") if v else v
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _sha256_hex(v: str | None) -> str | None:
     if v is not None and not re.fullmatch(r"(sha256:)?[0-9a-fA-F]{64}", v):
         raise ValueError("must be 64 hex digits (the SHA-256 of the token), optionally prefixed sha256:")
@@ -174,6 +184,47 @@ class SlackConfig(_Model):
         return self
 
 
+class OidcConfig(_Model):
+    """Single sign-on for the approvals page: an OpenID provider whose `claim` names the person."""
+
+    issuer: str
+    client_id: str
+    client_secret_env: str | None = None  # None: a public client (PKCE only)
+    claim: str = "email"  # the claim that names the person
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    redirect_url: str | None = None  # the externally visible callback URL; default: from the control port
+
+    @field_validator("issuer")
+    @classmethod
+    def _https_issuer(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an https:// URL")
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            raise ValueError("must use https (plain http is accepted only for 127.0.0.1 / localhost)")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid_scope(cls, value: list[str]) -> list[str]:
+        if "openid" not in value:
+            raise ValueError("must include 'openid'")
+        return value
+
+    def secret(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The client secret from `client_secret_env` (None for a public client); unset is an error."""
+        if self.client_secret_env is None:
+            return None
+        value = (os.environ if env is None else env).get(self.client_secret_env)
+        if not value:
+            raise ConfigError(
+                [f"oidc.client_secret_env: environment variable {self.client_secret_env} is not set"]
+            )
+        return value
+
+
 class AuditConfig(_Model):
     enabled: bool = True
     flush_interval: Duration = 0.2
@@ -213,6 +264,7 @@ class Config(_Model):
     stdio_identity: str | None = None
     people: dict[str, PersonConfig] = Field(default_factory=dict)
     approvers: dict[str, ApproverGroupConfig] = Field(default_factory=dict)
+    oidc: OidcConfig | None = None
     audit: AuditConfig = Field(default_factory=AuditConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     max_argument_bytes: int = Field(default=4 * 1024 * 1024, ge=1)

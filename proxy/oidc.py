@@ -29,14 +29,11 @@ and `finish`; between the two they keep the `LoginState` server-side, keyed by a
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import os
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx2
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
@@ -44,7 +41,8 @@ from authlib.oidc.core import CodeIDToken
 from joserfc import jwt
 from joserfc.errors import ClaimError, ExpiredTokenError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from proxy.config import OidcConfig
 
 LOGIN_TTL = 600.0  # seconds a person has between `begin` and coming back to the callback
 LEEWAY = 60  # seconds of clock skew allowed on the ID token's exp / iat
@@ -58,49 +56,6 @@ class OidcError(Exception):
 
 class OidcUnavailable(OidcError):
     """The identity provider could not be reached or answered nonsense (not the person's fault)."""
-
-
-class OidcConfig(BaseModel):
-    """The `oidc:` section of the config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    issuer: str
-    client_id: str
-    client_secret_env: str | None = None  # None: a public client (PKCE only)
-    claim: str = "email"  # the claim that names the person
-    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
-    redirect_url: str | None = None  # the externally visible callback URL; default: from the control port
-
-    @field_validator("issuer")
-    @classmethod
-    def _https_issuer(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("must be an https:// URL")
-        if parts.scheme == "http" and not _loopback(parts.hostname):
-            raise ValueError("must use https (plain http is accepted only for 127.0.0.1 / localhost)")
-        if parts.query or parts.fragment:
-            raise ValueError("must not have a query or fragment")
-        return value
-
-    @field_validator("scopes")
-    @classmethod
-    def _openid_scope(cls, value: list[str]) -> list[str]:
-        if "openid" not in value:
-            raise ValueError("must include 'openid'")
-        return value
-
-    def secret(self, env: Mapping[str, str] | None = None) -> str | None:
-        """The client secret from `client_secret_env` (None for a public client); unset is an error."""
-        if self.client_secret_env is None:
-            return None
-        value = (os.environ if env is None else env).get(self.client_secret_env)
-        if not value:
-            raise OidcError(
-                f"oidc.client_secret_env: environment variable {self.client_secret_env} is not set"
-            )
-        return value
 
 
 @dataclass(frozen=True)
@@ -427,12 +382,3 @@ _TOKEN_HINTS = {
 def _clip(text: str | None) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL] + "…"
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, Route, async_playwright
 
+from proxy.config import ConfigError
 from proxy.oidc import (
     LOGIN_TTL,
     LoginState,
@@ -403,7 +404,7 @@ def test_config_defaults_and_refusals() -> None:
         None,
     )
     assert config.secret({"OIDC_SECRET": "s3"}) == "s3"
-    with pytest.raises(OidcError, match="environment variable OIDC_SECRET is not set"):
+    with pytest.raises(ConfigError, match="environment variable OIDC_SECRET is not set"):
         config.secret({})
     assert OidcConfig(issuer="https://idp.example.com", client_id="x").secret({}) is None
 

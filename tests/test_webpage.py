@@ -293,3 +293,36 @@ async def test_the_page_fits_a_phone_and_shows_every_argument_with_its_hash(
         overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"the page is {overflow}px wider than a 390px phone"
         call.cancel()
+
+
+@pytest.mark.node
+async def test_single_sign_on_through_a_real_openid_provider_then_approve(
+    tmp_path: Path, exec_log: Path, page: Page
+) -> None:
+    from tests.oidc import running_oidc_provider
+
+    control_port = free_port()
+    base = f"http://127.0.0.1:{control_port}"
+    with running_oidc_provider(tmp_path, [f"{base}/auth/oidc/callback"]) as idp:
+        cfg = config(exec_log)
+        cfg["control"]["port"] = control_port
+        cfg["oidc"] = {"issuer": idp.issuer, "client_id": idp.client_id, "client_secret_env": "OIDC_SECRET"}
+        with running_gateway(cfg, tmp_path, env={"OIDC_SECRET": idp.client_secret}) as gw:
+            async with Client(gw.mcp_url, mode="legacy") as client:
+                page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+                call = held_call(client, "zeta")
+                await wait_pending(gw, 1)
+                await page.goto(f"{gw.control_url}/approvals")
+                await page.get_by_role("link", name="Sign in with single sign-on").click()
+                # The provider's own login page (oidc-provider's development interaction).
+                await page.locator('input[name="login"]').fill("alice")
+                await page.locator('input[name="password"]').fill("any")
+                await page.locator('button[type="submit"]').click()
+                await expect(page.locator("#whoami")).to_have_text("Signed in as alice")
+                assert page.url == f"{gw.control_url}/approvals"
+                await card(page, "zeta").get_by_role("button", name="Approve").click()
+                result = await asyncio.wait_for(call, 10)
+                assert not result.is_error and result.content[0].text == "deleted zeta"
+                decided = await asyncio.to_thread(api, gw, "/api/approvals?status=all")
+                assert decided["approvals"][0]["decidedBy"] == "alice"
+    assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["zeta"]
