@@ -398,6 +398,53 @@ async def test_non_approver_and_self_approval_change_nothing(
         }
 
 
+async def test_slack_clicks_are_people_and_modals_are_checked_like_clicks(
+    fake: FakeSlack, tmp_path: Path, exec_log: Path
+) -> None:
+    cfg = config(fake, exec_log) | {
+        "people": {
+            "alice": {"slack_user": "U_ALICE"},
+            "bob": {"slack_user": "U_BOB"},
+            "dave": {"slack_user": "U_DAVE"},
+        },
+        "approvers": {"oncall": {"people": ["alice", "bob"]}},
+    }
+    async with gateway(cfg, tmp_path) as gw, mcp_client(gw.mcp_url) as client:
+        first = asyncio.create_task(client.call_tool("delete_thing", {"name": "x" * 600}))
+        x_channel, x_ts, x_id = await posted_request(fake)
+        second = asyncio.create_task(client.call_tool("delete_thing", {"name": "y" * 600}))
+        _, _, y_id = await posted_request(fake, 2)
+
+        # Someone who is not an approver cannot open a request's arguments…
+        await click(gw, "U_DAVE", blocks.VIEW_ARGUMENTS, x_id, x_channel, x_ts)
+        [refused] = await ephemerals_for(fake, "U_DAVE")
+        assert "Only this request's approvers" in refused["text"]
+        # …nor can an approver deny request Y from request X's message.
+        await click(gw, "U_BOB", blocks.DENY_WITH_REASON, y_id, x_channel, x_ts)
+        [wrong_message] = await ephemerals_for(fake, "U_BOB")
+        assert "not posted in this message" in wrong_message["text"]
+        await click(gw, "U_DAVE", blocks.APPROVE, x_id, x_channel, x_ts)
+        await ephemerals_for(fake, "U_DAVE", 2)
+        assert fake.calls_to("views.open") == [] and not first.done() and not second.done()
+        assert executions(exec_log, "delete_thing") == []
+
+        # An approver sees every byte of X, and approves it as themself.
+        await click(gw, "U_ALICE", blocks.VIEW_ARGUMENTS, x_id, x_channel, x_ts)
+        [full] = await fake.wait_for("views.open")
+        assert "x" * 600 in all_text(full.params["view"])
+        await click(gw, "U_ALICE", blocks.APPROVE, x_id, x_channel, x_ts)
+        assert not (await asyncio.wait_for(first, 10)).is_error
+        await wait_message(fake, x_channel, x_ts, "Approved* by <@U_ALICE>")
+        second.cancel()
+        await asyncio.sleep(0.5)  # the audit log is written in batches
+        records = await asyncio.to_thread(audit, gw)
+        approved = [r for r in records if r["approvalId"] == x_id and r["decision"] == "require_approval"]
+        assert approved and approved[0]["approvers"] == "alice"
+        refusals = {(r["approvers"], r["reason"]) for r in records if r["decision"] == "refused_click"}
+        assert ("dave", "not an approver (view this request's arguments)") in refusals
+    assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["x" * 600]
+
+
 async def test_slack_errors_are_retried_then_fail_closed(
     fake: FakeSlack, tmp_path: Path, exec_log: Path
 ) -> None:
@@ -459,6 +506,7 @@ def channel_in_process(api_url: str, **slack: Any) -> SlackChannel:
     from proxy.approvers import ApproverDirectory
     from proxy.config import SlackConfig
     from proxy.metrics import Metrics
+    from proxy.people import People
 
     async def decide(*_: Any) -> ClickResult:
         raise AssertionError("no clicks here")
@@ -466,6 +514,7 @@ def channel_in_process(api_url: str, **slack: Any) -> SlackChannel:
     host = ChannelHost(
         decide=decide,
         directory=ApproverDirectory({}),
+        people=People([], {}),
         control_app=web.Application(),
         store=None,  # type: ignore[arg-type]
         metrics=Metrics(),
