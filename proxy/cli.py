@@ -33,10 +33,11 @@ def _load(path: str) -> Config:
 def _setup_logging(verbose: bool) -> None:
     # stdout may be the MCP channel (stdio front), so logs always go to stderr.
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # -v is signoff's own debug output only: libraries log what passes through them at DEBUG (SSE
+    # chunks with tool results, SQL parameters with arguments), which is not ours to print.
+    logging.getLogger("signoff").setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("httpx", "httpx2", "mcp", "uvicorn.error", "aiohttp.access", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -181,8 +181,9 @@ class Gateway:
             up = self._only()
             result = await self._request(down, up, "tools/list", {"cursor": cursor} if cursor else None)
             tools = result.get("tools", [])
-            if not cursor:
-                up.tools = {t["name"]: t for t in tools} if not result.get("nextCursor") else up.tools
+            if not cursor and not result.get("nextCursor"):
+                up.tools = {t["name"]: t for t in tools}
+                up.catalog_loaded = True
             result["tools"] = [t for t in tools if not self.is_hidden(up.name, t["name"])]
             return result
         tools: list[dict[str, Any]] = []
@@ -244,20 +245,22 @@ class Gateway:
             raise _unknown_tool(public) from None
 
     async def _tool_info(self, down: Downstream, up: Upstream, tool: str) -> dict[str, Any] | None:
-        """The upstream's description of `tool`, refreshing the catalog once if it is not known yet.
+        """The upstream's description of `tool`; raises UnknownTool when its catalog has no such tool.
 
-        Raises UnknownTool when the upstream, asked afresh, does not list it: the gateway answers
-        unknown tools itself, so a hidden tool's refusal is indistinguishable from a missing one's.
+        An unknown name never makes the call path ask the upstream: that extra round trip is what
+        told a hidden tool (answered at once) from a missing one. The catalog is loaded once, for
+        every name alike, and refreshed on `list_changed`, on `tools/list` and in the background.
         """
-        info = up.tools.get(tool)
-        if info is None:
+        if not up.catalog_loaded:
             try:
                 await up.refresh_tools(down.link_for(up))
             except (UpstreamError, MCPError):
                 return None  # upstream down: the call itself will report that
-            info = up.tools.get(tool)
-            if info is None:
-                raise UnknownTool(tool)
+        info = up.tools.get(tool)
+        if info is None:
+            # Perhaps added without a list_changed: look again in the background, answer now.
+            up.refresh_soon(self._background)
+            raise UnknownTool(tool)
         return info
 
     # -- resources ---------------------------------------------------------------------------

@@ -195,7 +195,23 @@ class Pipeline:
         return result
 
     def _check_size(self, call: ToolCall) -> None:
-        size = len(orjson.dumps(call.arguments))
+        try:
+            encoded = orjson.dumps(call.arguments)
+        except TypeError:  # an integer beyond 64 bits, which orjson (and most upstreams) cannot carry
+            encoded = b""
+        problem = not_plain_json(call.arguments) if not encoded or b"null" in encoded else None
+        if problem is not None:
+            # Refused rather than passed on: NaN would reach the approver as null, and a huge integer
+            # as a rounded float, so what ran would not be what they saw.
+            raise Refused(
+                refusal(
+                    "invalid_arguments",
+                    f"The arguments are not plain JSON: {problem}. Nothing ran.",
+                    has_output_schema=call.has_output_schema,
+                ),
+                "invalid_arguments",
+            )
+        size = len(encoded)
         if size > self.max_argument_bytes:
             raise Refused(
                 refusal(
@@ -314,7 +330,19 @@ class Pipeline:
     def _finish(self, record: _Record) -> None:
         call = record.call
         elapsed = time.monotonic() - call.started
-        self.metrics.observe_call(call.public_name, record.decision, record.outcome or "unknown", elapsed)
+        # Names nobody may know of share one label: unknown names are unbounded, and hidden ones are secret.
+        label = call.public_name if record.outcome != "unknown_tool" else "(unknown)"
+        self.metrics.observe_call(label, record.decision, record.outcome or "unknown", elapsed)
+        # Never the arguments or the result here: -v output ends up in clients' log files.
+        log.debug(
+            "call %s: %s by %s → %s, %s (%.1f ms)",
+            call.id[:12],
+            label,
+            call.identity.name,
+            record.decision,
+            record.outcome or "unknown",
+            elapsed * 1000,
+        )
         if self.audit is None:
             return
         self.audit.record(
@@ -408,6 +436,22 @@ def _still_usable(approval: Approval, decision: Decision) -> bool:
         return False
     timeout = decision.approval.timeout if decision.approval else 600.0
     return utcnow() <= approval.decided_at + timedelta(seconds=timeout)
+
+
+def not_plain_json(value: Any, path: str = "arguments") -> str | None:
+    """Where `value` holds something JSON cannot say exactly (NaN, ±Infinity, integers beyond 64 bits)."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{where} is {item!r} (JSON has no NaN or Infinity)"
+        if isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**64:
+            return f"{where} is an integer beyond 64 bits"
+        if isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}") for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
 
 
 def _first_text(result: dict[str, Any]) -> str | None:

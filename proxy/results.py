@@ -18,6 +18,7 @@ REASONS = (
     "upstream_unavailable",
     "upstream_timeout",
     "arguments_too_large",
+    "invalid_arguments",
     "store_unavailable",
 )
 

@@ -315,7 +315,9 @@ class Upstream:
     notify: Callable[[Link, str, dict[str, Any] | None], Awaitable[None]]
     shared: Link = field(init=False)
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)  # own name -> raw Tool
+    catalog_loaded: bool = False
     _catalog_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _next_refresh: float = 0.0
 
     def __post_init__(self) -> None:
         self.shared = Link(self.name, self.config, LinkHooks(notify=self.notify), self.base_dir)
@@ -345,4 +347,18 @@ class Upstream:
                 if not cursor:
                     break
             self.tools = tools
+            self.catalog_loaded = True
             return tools
+
+    def refresh_soon(self, run: Callable[[Any], None], every: float = 30.0) -> None:
+        """Refresh the catalog in the background, at most once per `every` seconds."""
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + every
+
+        async def refresh() -> None:
+            with contextlib.suppress(Exception):
+                await self.refresh_tools()
+
+        run(refresh())

@@ -2,7 +2,7 @@
 
 A request without a valid token is refused with 401 before any MCP message is read: nothing runs and
 nothing is audited as a call. A session answers only the identity that opened it (404 for anyone
-else, who cannot end it either). Only the admin token decides approvals or reads the audit log.
+else, who cannot end it either). Only people decide approvals; the admin token reads, never decides.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ async def test_a_session_answers_only_the_identity_that_opened_it(tmp_path: Path
     assert [e["args"]["text"] for e in executions(exec_log, "echo")] == ["still a"]
 
 
-async def test_only_the_admin_token_decides_approvals_or_reads_the_audit(
+async def test_only_people_decide_and_only_people_or_the_admin_token_read_approvals_and_audit(
     tmp_path: Path, exec_log: Path
 ) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'admin.db'}"
@@ -156,7 +156,7 @@ async def test_only_the_admin_token_decides_approvals_or_reads_the_audit(
             requests = [
                 ("GET", "/api/approvals", None),
                 ("GET", f"/api/approvals/{pending['id']}", None),
-                ("POST", f"/api/approvals/{pending['id']}/decide", {"decision": "approve", "user": "alice"}),
+                ("POST", f"/api/approvals/{pending['id']}/decide", {"decision": "approve"}),
                 ("GET", "/api/audit", None),
             ]
             async with httpx2.AsyncClient(timeout=20) as http:
@@ -174,6 +174,12 @@ async def test_only_the_admin_token_decides_approvals_or_reads_the_audit(
                         r = await http.request(method, base + path, headers=headers, json=body)
                         assert r.status_code == 401, (auth, method, path, r.status_code, r.text[:200])
                         assert ADMIN_TOKEN not in r.text
+                # The admin token reads, but never decides — not even "as" someone.
+                for body in ({"decision": "approve"}, {"decision": "approve", "user": "alice"}):
+                    r = await http.post(
+                        f"{base}/api/approvals/{pending['id']}/decide", json=body, headers=bearer(ADMIN_TOKEN)
+                    )
+                    assert r.status_code == 403 and "never decide" in r.json()["error"]
                 # The agent's own token cannot approve its call; the request is still pending.
                 assert (await admin.get(pending["id"]))["status"] == "pending" and not call.done()
                 # The admin token is not an agent identity on the MCP port either.
