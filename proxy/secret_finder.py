@@ -184,9 +184,9 @@ _SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 # line. The header values and the body lines cannot hold a `;` or a space, so no command fits.
 _KEY_BLOCK = re.compile(
     r"-----BEGIN (?P<label>(?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?)-----"
-    r"(?>(?:(?:\r?\n|\\r?\\n)(?:Proc-Type|DEK-Info|Version|Comment|Hash|Charset)"
+    r"(?>(?:(?:\r?\n|(?:\\r)?\\n)(?:Proc-Type|DEK-Info|Version|Comment|Hash|Charset)"
     r": [A-Za-z0-9,.:()/+_=@ -]{1,128}+){0,8})"
-    r"(?:\r?\n|\\r?\\n){1,2}(?:[A-Za-z0-9+/=]++(?:\r?\n|\\r?\\n))++"
+    r"(?:\r?\n|(?:\\r)?\\n){1,2}(?:[A-Za-z0-9+/=]++(?:\r?\n|(?:\\r)?\\n))++"
     r"-----END (?P=label)-----"
 )
 _KEY_BEGIN = re.compile(r"-----BEGIN (?P<label>(?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?)-----")
@@ -215,17 +215,19 @@ _NAME_VALUE_PAIR = re.compile(
     r"(?P<name>[A-Za-z][A-Za-z0-9_.-]{0,63}+)\\?[\"']?[ \t]{0,8},?[ \t]{0,8}"
     r"(?:\r?\n[ \t]{0,32}(?:-[ \t]{1,8})?)?\\?[\"']?(?:[Vv]alue|VALUE)\\?[\"']?[ \t]{0,8}[:=]"
 )
-_TERM = r"\s\"'`;,&)}\]<>\\"
+_TERM = r"\s\"'`;,&(){}\[\]<>\\"
 # The value after a secret name: quoted (no whitespace inside) or bare up to a delimiter. A bare
 # run is matched whole, however long, so the scan resumes after it; the caller decides whether a
-# run that long is still a secret.
+# run that long is still a secret. In `Authorization: Bearer <secret>` the scheme word is no secret.
+_SCHEME = r"(?i:(?:bearer|basic|token|digest)[ \t]{1,8}(?=\S))?"
 _VALUE = re.compile(
-    r"[ \t]{0,8}(?i:(?:bearer|basic|token|digest)[ \t]{1,8}(?=\S))?"  # Authorization: Bearer <secret>
-    rf"(?:\\?\"(?P<dq>[^\"\\\s]{{1,4096}}+)\\?\"|\\?'(?P<sq>[^'\\\s]{{1,4096}}+)\\?'"
-    rf"|(?P<bare>[^{_TERM}\[{{(][^{_TERM}]*+))"
+    rf"[ \t]{{0,8}}{_SCHEME}(?:\\?\"{_SCHEME}(?P<dq>[^\"\\\s]{{1,4096}}+)\\?\""
+    rf"|\\?'{_SCHEME}(?P<sq>[^'\\\s]{{1,4096}}+)\\?'"
+    rf"|(?P<bare>[^{_TERM}][^{_TERM}]*+))"
 )
 _QUOTED_PHRASE = re.compile(r"[ \t]{0,8}(?:\"(?P<dq>[^\"\\\r\n]{1,256}+)\"|'(?P<sq>[^'\\\r\n]{1,256}+)')")
-_NOT_A_VALUE = re.compile(r"(?i:null|none|true|false|undefined|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\*+)")
+# References and placeholders, not secrets: `${DB_PASSWORD}`, `$(cat f)`, `null`, `****`.
+_NOT_A_VALUE = re.compile(r"(?i:null|none|true|false|undefined)|\$.*|\*+")
 MAX_SECRET = 4096  # a longer run is data, not a password (a long JWT is caught by its shape)
 
 # mysql -u root -phunter2: the password is glued to -p (a bare -p prompts for it).
@@ -254,7 +256,11 @@ def _value_span(text: str, at: int, cautious: bool) -> tuple[tuple[int, int] | N
             return None
         return phrase.span(phrase.lastgroup), phrase.end()
     start, end = m.span(m.lastgroup)  # the alternatives' groups are the pattern's last ones
-    if _NOT_A_VALUE.fullmatch(text, start, end) or (end - start > MAX_SECRET and not cautious):
+    if (
+        _NOT_A_VALUE.fullmatch(text, start, end)
+        or (end - start > MAX_SECRET and not cautious)
+        or text[end : end + 1] == "("  # `token = make_token(user)`: a call, which must stay visible
+    ):
         return None, m.end()
     return (start, end), m.end()
 
