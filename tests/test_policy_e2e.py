@@ -339,7 +339,7 @@ async def test_audit_records_every_outcome_with_secrets_redacted(
     assert set(by_outcome) == {"ok", "denied", "arguments_too_large", "unknown_tool"}
     args = by_outcome["ok"]["arguments"]
     assert args == {
-        "text": "[REDACTED]",
+        "text": "Bearer [REDACTED]",
         "api_key": "[REDACTED]",
         "nested": {"password": "[REDACTED]", "db": "postgres://u:[REDACTED]@h/db"},
     }
