@@ -26,7 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from proxy.calls import ToolCall
 from proxy.people import Person
 from proxy.policy import ApprovalSpec, Decision
-from proxy.redact import redact
+from proxy.redact import display_mask
 from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Store, utcnow
 
 log = logging.getLogger("signoff.approvals")
@@ -182,7 +182,8 @@ class Broker:
             client_name=call.client_name,
             upstream=call.upstream,
             tool=call.public_name,
-            arguments=redact(call.arguments),
+            # Every byte that will run; each secret replaced, where it stands, by its kind and length.
+            arguments=display_mask(call.arguments),
             args_hash=arguments_hash(call.arguments),
             risk=risk,
             rule=decision.rule,

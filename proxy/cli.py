@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -411,9 +412,20 @@ def _show(a: dict[str, Any]) -> str:
         )
     lines.append(f"  sha256     {a.get('argumentsHash', '')}")
     lines.append("  arguments (exactly what will run; secrets shown as \u2039kind, length\u203a):")
-    pretty = json.dumps(a["arguments"], indent=2, ensure_ascii=False)
+    pretty = _visible(json.dumps(a["arguments"], indent=2, ensure_ascii=False))
     lines += ["    " + line for line in pretty.splitlines()]
     return "\n".join(lines)
+
+
+# Characters a terminal would not show, or would use to reorder what is shown (bidi overrides).
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
+)
+
+
+def _visible(text: str) -> str:
+    """`text` with invisible and direction-changing characters written as `\\uXXXX` escapes."""
+    return _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from proxy.policies import PolicySet, Verdict
 from proxy.policy import Decision
 from proxy.ratelimit import RateLimiter, check_limits, release_limits
 from proxy.results import refusal
-from proxy.risk import classify
+from proxy.risk import call_risk, explain
 from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, utcnow
 from proxy.upstreams import UpstreamError
 
@@ -241,8 +241,11 @@ class Pipeline:
                 ),
                 "approval_unavailable",
             )
-        risk = classify(
-            call.tool, (call.tool_info or {}).get("description"), (call.tool_info or {}).get("annotations")
+        info = call.tool_info or {}
+        # The class of this very call: `pod-action` is a write, `pod-action {action: terminate}` is not.
+        risk = call_risk(
+            explain(call.tool, info.get("description"), info.get("annotations"), info.get("inputSchema")),
+            call.arguments,
         )
         mode = decision.approval.mode if decision.approval else "hold"
         if mode == "pending":
