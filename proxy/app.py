@@ -17,11 +17,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import anyio
-import mcp_types as types
 import uvicorn
 from aiohttp import web
-from mcp.shared.message import SessionMessage
 
 from proxy.approvals import ApprovalChannel, Broker, ClickResult
 from proxy.approvers import ApproverDirectory
@@ -30,6 +27,7 @@ from proxy.auth import BearerAuth, IdentityTable
 from proxy.bodylimit import ENVELOPE_BYTES, JsonBodyLimit
 from proxy.config import Config, ConfigError, SlackConfig
 from proxy.control import ControlServer
+from proxy.errors import StartupError
 from proxy.gateway import Gateway
 from proxy.metrics import Metrics
 from proxy.naming import Names
@@ -48,10 +46,6 @@ from proxy.upstreams import Upstream
 from proxy.webui import ApprovalsApi, WebChannel
 
 log = logging.getLogger("signoff")
-
-
-class StartupError(Exception):
-    """The gateway cannot start (a port is taken, a channel cannot connect, …)."""
 
 
 @dataclass
@@ -238,8 +232,12 @@ class App:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open the database, recover approvals, connect upstreams and channels, open the control port."""
+    async def start(self, wait_for_upstreams: bool = True) -> None:
+        """Open the database, recover approvals, connect upstreams and channels, open the control port.
+
+        With `wait_for_upstreams` (the HTTP front), the first client sees the upstreams' capabilities
+        and tools; a stdio gateway must answer its client at once and lets them connect meanwhile.
+        """
         try:
             await self.store.open()
         except Exception as e:
@@ -251,7 +249,7 @@ class App:
             up.shared.start()  # connecting takes a while: let it run while the rest starts
         if self.listener is not None:
             self.listener.start()
-        await self.control.start()
+        await self._open_control_port()
         # The channel first: recovering approvals at start rewrites their messages.
         start = getattr(self.channel, "start", None)
         if start is not None:
@@ -270,7 +268,13 @@ class App:
             "`signoff approvals list --config …` views requests)",
             self.page_url(),
         )
-        # Give upstreams a moment so the first client sees their capabilities and tools.
+        if wait_for_upstreams:
+            await self.wait_for_upstreams()
+        else:
+            self.gateway._background(self.wait_for_upstreams())
+
+    async def wait_for_upstreams(self) -> None:
+        """Wait (bounded) for every upstream to connect, then load its tool catalog."""
         timeout = max(up.config.connect_timeout for up in self.upstreams.values())
         await asyncio.gather(*(up.shared.wait_ready(timeout) for up in self.upstreams.values()))
         for up in self.upstreams.values():
@@ -279,6 +283,23 @@ class App:
                     await up.refresh_tools()
             else:
                 log.error("upstream %s is not available yet: %s", up.name, up.shared.unavailable_reason())
+
+    async def _open_control_port(self) -> None:
+        """Serve the control port; a stdio gateway whose port another one holds goes on without it."""
+        try:
+            await self.control.start()
+        except OSError as e:
+            where = f"{self.config.control.host}:{self.config.control.port}"
+            if self.front != "stdio":
+                raise StartupError(f"control: cannot listen on {where}: {e.strerror}") from None
+            # Desktop clients start one stdio gateway each from the same config. They share the
+            # database, so whichever one holds the port shows every gateway's requests; when it
+            # exits, another takes the port over (see `_housekeeping`).
+            log.info(
+                "control port %s is served by another process (the approvals page and `signoff approvals` "
+                "there see this gateway's requests too); this gateway will take it over if it goes",
+                where,
+            )
 
     async def stop(self) -> None:
         """Withdraw held calls, flush the audit log, close everything."""
@@ -315,6 +336,8 @@ class App:
                     await self.broker.poll_decisions()
                 if tick % 8 == 0:
                     await self.store.heartbeat(self.instance, self.replica, front=self.front)
+                    if not self.control.serving and await self.control.try_start():
+                        log.info("this gateway now serves the control port: %s", self.page_url())
                 if tick % 20 == 0:
                     await self.broker.sweep(await self.live_instances())
                 if tick % 120 == 0:
@@ -433,21 +456,6 @@ class App:
             await task
             stop.cancel()
 
-    async def serve_stdio(self) -> None:
-        """Serve one client over stdin/stdout until it disconnects or a signal arrives."""
-        from mcp.server.stdio import stdio_server
-
-        server = self.gateway.server
-        async with stdio_server() as (raw_read, write), _answer_parse_errors(raw_read, write) as read:
-            task = asyncio.create_task(server.run(read, write, server.create_initialization_options()))
-            stop = asyncio.create_task(self.stopping.wait())
-            done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if task not in done:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            stop.cancel()
-
     # -- status ------------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
@@ -469,28 +477,6 @@ def admin_token_path(config: Config) -> Path | None:
     """Where a generated admin token is kept: beside the SQLite file (none for other databases)."""
     db = sqlite_path(config.database_url)  # absolute: the config anchors relative SQLite paths
     return db.with_name(db.name + ".admin-token") if db is not None else None
-
-
-@contextlib.asynccontextmanager
-async def _answer_parse_errors(read: Any, write: Any) -> Any:
-    """Answer unparseable stdio lines with a JSON-RPC parse error (the SDK drops them silently)."""
-    send, receive = anyio.create_memory_object_stream[Any](0)
-
-    async def pump() -> None:
-        async with send:
-            async for item in read:
-                if isinstance(item, Exception):
-                    message = "Parse error: the line is not a valid JSON-RPC 2.0 message"
-                    error = types.ErrorData(code=types.PARSE_ERROR, message=message)
-                    await write.send(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=None, error=error)))
-                else:
-                    await send.send(item)
-
-    task = asyncio.create_task(pump())
-    try:
-        yield receive
-    finally:
-        task.cancel()
 
 
 def _loopback(host: str) -> bool:
@@ -521,18 +507,15 @@ async def _ignore(*_: Any) -> None:
     return None
 
 
-async def run(config: Config, *, stdio: bool) -> None:
-    """Run a gateway until it is told to stop."""
+async def run(config: Config) -> None:
+    """Run an HTTP gateway until it is told to stop (the stdio front is `proxy.stdio_front.serve`)."""
     app = App(config)
-    app.front = "stdio" if stdio else "http"
+    app.front = "http"
     app.install_signal_handlers()
-    sock = None if stdio else app.bind_http()
+    sock = app.bind_http()
     try:
         await app.start()
-        if sock is None:
-            await app.serve_stdio()
-        else:
-            log.info("MCP front on http://%s:%d%s", config.listen.host, app.listen_port, config.listen.path)
-            await app.serve_http(sock)
+        log.info("MCP front on http://%s:%d%s", config.listen.host, app.listen_port, config.listen.path)
+        await app.serve_http(sock)
     finally:
         await app.stop()

@@ -47,11 +47,18 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from proxy.app import StartupError, run
+    from proxy.errors import StartupError
 
     config = _load(_config_arg(args))
     try:
-        _run_loop(run(config, stdio=args.stdio))
+        if args.stdio:
+            from proxy.stdio_front import serve  # answers initialize before the SDK is even imported
+
+            _run_loop(serve(config))
+        else:
+            from proxy.app import run
+
+            _run_loop(run(config))
     except ConfigError as e:
         print(f"signoff: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ can be exposed without exposing the MCP endpoint.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 
 from aiohttp import web
@@ -30,6 +31,7 @@ class ControlServer:
         self._ready = ready
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
+        self._site: web.BaseSite | None = None
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
@@ -49,14 +51,40 @@ class ControlServer:
             headers={"X-Content-Type-Options": "nosniff"},
         )
 
+    @property
+    def serving(self) -> bool:
+        return self._site is not None
+
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        """Listen on the control port; raises OSError (EADDRINUSE, …) when it cannot."""
+        if self._runner is None:
+            self._runner = web.AppRunner(self.app, access_log=None)
+            await self._runner.setup()
+        # Bound here, not by aiohttp, so that a taken port leaves no half-registered site behind
+        # and the bind can simply be tried again later (another process may let the port go).
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(128)
+        sock.setblocking(False)
+        site = web.SockSite(self._runner, sock)
         await site.start()
-        if self.port == 0 and site._server is not None:
-            self.port = site._server.sockets[0].getsockname()[1]
+        self._site = site
+        self.port = sock.getsockname()[1]
         log.info("control port on http://%s:%d", self.host, self.port)
+
+    async def try_start(self) -> bool:
+        """Start if the port is free; False (quietly) when another process holds it."""
+        try:
+            await self.start()
+        except OSError:
+            return False
+        return True
 
     async def stop(self) -> None:
         if self._runner is not None:
