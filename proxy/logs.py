@@ -1,0 +1,46 @@
+"""Log output for the CLI: the plain text format, or JSON Lines for log shippers (`--log-format json`).
+
+Each JSON line is one object: time (ISO 8601, UTC), level, logger, message, and `exception` with the
+traceback text when there is one. Message and traceback are redacted with `proxy.redact.redact_text`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from proxy.redact import redact_text
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+QUIET_LOGGERS = ("httpx", "httpx2", "mcp", "uvicorn.error", "aiohttp.access", "apscheduler")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact_text(record.getMessage()),
+        }
+        if record.exc_info:
+            entry["exception"] = redact_text(self.formatException(record.exc_info))
+        elif record.exc_text:
+            entry["exception"] = redact_text(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = redact_text(self.formatStack(record.stack_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(verbose: bool = False, fmt: str = "text") -> None:
+    """Log to stderr (stdout may be the MCP channel) in `fmt`: "text" or "json"."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
