@@ -34,10 +34,10 @@ def run_demo(tmp_path: Path, *args: str) -> str:
     return out
 
 
-def section(out: str, n: int) -> str:
-    """The text of step n/5 (up to the next step)."""
-    start = out.index(f"\n{n}/5 ")
-    end = out.find(f"\n{n + 1}/5 ", start)
+def section(out: str, n: int, total: int = 5) -> str:
+    """The text of step n/total (up to the next step)."""
+    start = out.index(f"\n{n}/{total} ")
+    end = out.find(f"\n{n + 1}/{total} ", start)
     return out[start : end if end != -1 else len(out)]
 
 

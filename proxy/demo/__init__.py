@@ -1,1 +1,1 @@
-"""The demo shipped with signoff (`signoff demo`): a jobs MCP server, a scripted agent, the gateway's config."""
+"""The demo shipped with signoff (`signoff demo`): a jobs MCP server, a scripted agent, their configs."""
