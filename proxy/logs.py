@@ -1,7 +1,8 @@
-"""Log output for the CLI: the plain text format, or JSON Lines for log shippers (`--log-format json`).
+"""Log output for the CLI: plain text, or JSON Lines for log shippers (`--log-format json`).
 
 Each JSON line is one object: time (ISO 8601, UTC), level, logger, message, and `exception` with the
-traceback text when there is one. Message and traceback are redacted with `proxy.redact.redact_text`.
+traceback text when there is one. In both formats the message and traceback are redacted with
+`proxy.redact.redact_text` (an upstream URL's password, a bearer token in an error, …).
 """
 
 from __future__ import annotations
@@ -10,12 +11,26 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from proxy.redact import redact_text
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET_LOGGERS = ("httpx", "httpx2", "mcp", "uvicorn.error", "aiohttp.access", "apscheduler")
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, redacted."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return redact_text(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return redact_text(super().formatException(ei))
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,7 +55,7 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(verbose: bool = False, fmt: str = "text") -> None:
     """Log to stderr (stdout may be the MCP channel) in `fmt`: "text" or "json"."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
