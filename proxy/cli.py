@@ -1,4 +1,4 @@
-"""The `signoff` command line: serve, check, tools, init, audit, approvals."""
+"""The `signoff` command line: serve, check, tools, init, audit, approvals, demo."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from typing import Any
 import yaml
 
 from proxy.config import Config, ConfigError, load_config
+from proxy.demo.run import add_arguments as demo_arguments
+from proxy.demo.run import run as cmd_demo
 from proxy.duration import parse_duration
+from proxy.logs import FORMATS, setup_logging
 
 
 def _load(path: str) -> Config:
@@ -29,18 +32,6 @@ def _load(path: str) -> Config:
     except ConfigError as e:
         print(f"signoff: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def _setup_logging(verbose: bool) -> None:
-    # stdout may be the MCP channel (stdio front), so logs always go to stderr.
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # -v is signoff's own debug output only: libraries log what passes through them at DEBUG (SSE
-    # chunks with tool results, SQL parameters with arguments), which is not ours to print.
-    logging.getLogger("signoff").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("httpx", "httpx2", "mcp", "uvicorn.error", "aiohttp.access", "apscheduler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 # -- serve -------------------------------------------------------------------------------------
@@ -539,6 +530,9 @@ def _config_arg(args: argparse.Namespace, required: bool = True) -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signoff", description="An MCP gateway with human approval.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (to stderr)")
+    parser.add_argument(
+        "--log-format", choices=FORMATS, default="text", help="json: one JSON object per line (log shippers)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gateway")
@@ -591,14 +585,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("token", help="make a new token and print the token_sha256 line for the config")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("demo", help="run the demo: a gateway, the demo jobs server and a scripted agent")
+    demo_arguments(p)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `signoff` console script."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    if args.command in ("check", "tools", "init", "audit", "approvals") and not args.verbose:
+    setup_logging(args.verbose, args.log_format)
+    if args.command in ("check", "tools", "init", "audit", "approvals", "demo") and not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
     return args.func(args)
 

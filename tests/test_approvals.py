@@ -252,6 +252,7 @@ async def test_pending_mode_call_again_runs_exactly_once(tmp_path: Path, exec_lo
     assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["db9"]
 
 
+@pytest.mark.node
 async def test_ts_client_with_short_timeout_survives_a_long_hold(
     tmp_path: Path, exec_log: Path, gwconf: Any
 ) -> None:

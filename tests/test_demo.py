@@ -1,4 +1,4 @@
-"""`make demo` end to end: demo/run.py as a real process (gateway, jobs server, scripted agent)."""
+"""`make demo` end to end: `signoff demo` as a real process (gateway, jobs server, scripted agent)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.procs import PYTHON, ROOT
+from tests.procs import ROOT, SIGNOFF
 
-RUN = ROOT / "demo" / "run.py"
 DENY_REASON = "Deleting an endpoint destroys its workers; do it in the console."
 
 
 def run_demo(tmp_path: Path, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}  # never post to Slack
     proc = subprocess.run(
-        [PYTHON, str(RUN), "--any-ports", "--state-dir", str(tmp_path), *args],
+        [*SIGNOFF, "demo", "--any-ports", "--state-dir", str(tmp_path), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -35,10 +34,10 @@ def run_demo(tmp_path: Path, *args: str) -> str:
     return out
 
 
-def section(out: str, n: int) -> str:
-    """The text of step n/5 (up to the next step)."""
-    start = out.index(f"\n{n}/5 ")
-    end = out.find(f"\n{n + 1}/5 ", start)
+def section(out: str, n: int, total: int = 5) -> str:
+    """The text of step n/total (up to the next step)."""
+    start = out.index(f"\n{n}/{total} ")
+    end = out.find(f"\n{n + 1}/{total} ", start)
     return out[start : end if end != -1 else len(out)]
 
 

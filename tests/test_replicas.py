@@ -31,6 +31,7 @@ def replica_config(exec_log: Path, db: str, name: str, **extra: Any) -> dict[str
     )
 
 
+@pytest.mark.postgres
 async def test_a_call_held_on_a_is_approved_through_b_and_resumes_on_a(
     tmp_path: Path, exec_log: Path, pg: Any
 ) -> None:
@@ -61,6 +62,7 @@ async def test_a_call_held_on_a_is_approved_through_b_and_resumes_on_a(
     assert statistics.median(latencies) < 1000
 
 
+@pytest.mark.postgres
 async def test_rate_limit_holds_across_replicas(tmp_path: Path, exec_log: Path, pg: Any) -> None:
     db = pg.new_database()
     pol = {
@@ -89,6 +91,7 @@ async def test_rate_limit_holds_across_replicas(tmp_path: Path, exec_log: Path, 
     assert len(executions(exec_log, "echo")) == 3
 
 
+@pytest.mark.postgres
 async def test_the_same_approval_decided_on_both_replicas_at_once(
     tmp_path: Path, exec_log: Path, pg: Any
 ) -> None:
@@ -116,6 +119,7 @@ async def test_the_same_approval_decided_on_both_replicas_at_once(
     assert len(ran) == len({e["args"]["name"] for e in ran})  # never twice
 
 
+@pytest.mark.postgres
 async def test_killing_a_replica_withdraws_its_held_calls_and_the_other_keeps_serving(
     tmp_path: Path, exec_log: Path, pg: Any
 ) -> None:

@@ -1,4 +1,4 @@
-"""The approvals web page, driven in headless Chromium (Debian's package) with Playwright.
+"""The approvals web page, driven in headless Chromium with Playwright (see tests/chromium.py for which).
 
 Real parts only: a gateway process with the echo fixture upstream, held calls from the MCP SDK
 client, and the page served by the gateway's control port.
@@ -17,21 +17,14 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
+from playwright.async_api import Error as PlaywrightError
 
+from tests import chromium
 from tests.conftest import PEOPLE, executions, person_token, stdio_echo
 from tests.procs import Gateway, free_port, running_gateway
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TOKEN = "page-test-admin-token"
 META = "dev.signoff/decision"
 
@@ -63,22 +56,19 @@ def gateway(tmp_path: Path, exec_log: Path) -> Any:
         yield gw
 
 
-@pytest.fixture(autouse=True)
-def chromium() -> Path:
-    """Debian's Chromium, checked before anything starts; its absence fails the tests (CI installs it)."""
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"Chromium is missing ({CHROMIUM}); the page tests need Debian's package: "
-            "apt-get update && apt-get install -y chromium",
-            pytrace=False,
-        )
-    return CHROMIUM
-
-
 @pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium as `tests.chromium` chooses it (the system's, else Playwright's own build)."""
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
+        try:
+            browser = await pw.chromium.launch(**chromium.launch_options())
+        except PlaywrightError as e:
+            pytest.fail(
+                f"cannot launch Chromium ({chromium.describe()}): {str(e).splitlines()[0]}\n"
+                "install the system's `chromium` package, or run `make test` (its preflight fetches "
+                "Playwright's build)",
+                pytrace=False,
+            )
         try:
             yield browser
         finally:

@@ -118,6 +118,7 @@ async def test_an_approved_call_that_fails_upstream_reports_its_outcome(
     assert f"approval {pending['id']} ran:" in log  # the channel's post_outcome was called
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(120)
 async def test_database_unavailable_refuses_calls_that_need_it_clearly(
     tmp_path: Path, exec_log: Path
@@ -162,6 +163,7 @@ async def test_database_unavailable_refuses_calls_that_need_it_clearly(
     assert executions(exec_log, "delete_thing") == [] and executions(exec_log, "weather") == []
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(120)
 async def test_an_approved_request_whose_holder_died_is_withdrawn(
     tmp_path: Path, exec_log: Path, pg: Any
@@ -216,6 +218,7 @@ async def test_a_client_on_the_newest_protocol_is_served(tmp_path: Path, exec_lo
     assert "echo" in names and result.content[0].text == "modern"
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(120)
 async def test_an_approve_click_that_failed_half_way_can_be_repeated(
     tmp_path: Path, exec_log: Path, pg: Any

@@ -107,6 +107,7 @@ async def test_sqlite_file_locked_by_another_process_during_load(
     assert errors == [], errors
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(180)
 async def test_postgres_stopped_and_restarted_during_load(tmp_path: Path, exec_log: Path, figures) -> None:
     pg = await asyncio.to_thread(start_postgres)  # our own cluster: stopping it affects no other test

@@ -289,6 +289,7 @@ def test_hostile_corpus_over_http(tmp_path: Path, exec_log: Path, figures) -> No
         ),
     ],
 )
+@pytest.mark.postgres
 @pytest.mark.timeout(120)
 def test_one_hostile_value_does_not_stop_the_postgres_audit_log(
     tmp_path: Path, exec_log: Path, pg: Any, poison: bytes

@@ -1,11 +1,12 @@
-"""`make demo`: start signoff in front of the demo jobs server, run the scripted agent, stop.
+"""`signoff demo` (`make demo`): signoff in front of the demo jobs server, the scripted agent, then stop.
 
-    python demo/run.py                     # you press Approve (or Deny) on the printed page URL
-    python demo/run.py --auto-approve 2    # unattended: "alice" approves through the API after 2 s
-    python demo/run.py --timeout 10s       # a shorter approval timeout, to watch a request expire
+    signoff demo                      # you press Approve (or Deny) on the printed page URL
+    signoff demo --auto-approve 2     # unattended: "alice" approves through the API after 2 s
+    signoff demo --timeout 10s        # a shorter approval timeout, to watch a request expire
+    signoff demo --replicas 2         # two gateways on one PostgreSQL (see replicas.py)
 
-The gateway runs as a child process with the config built from demo/signoff.yaml; its config,
-database and log go to a fresh temporary folder (or --state-dir), whose path is printed.
+The gateway runs as a child process with the config built from this folder's signoff.yaml; its
+config, database and log go to a fresh temporary folder (or --state-dir), whose path is printed.
 With SLACK_BOT_TOKEN, SLACK_APP_TOKEN and SLACK_CHANNEL set, approval requests go to Slack
 (SLACK_APPROVERS, comma-separated Slack user IDs, says who may approve there).
 """
@@ -15,27 +16,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
-from agent import run_agent, say
 
+from proxy.demo.approver import auto_approve
+from proxy.demo.console import say
+from proxy.demo.gateway import GatewayProcess, any_free_port, port_free
 from proxy.duration import parse_duration
 
 DEMO = Path(__file__).resolve().parent
-ROOT = DEMO.parent
 ENDINGS = {
     "approved": "the cancel was approved by a human and ran",
     "denied": "the cancel was denied by a human and did not run",
@@ -47,21 +44,6 @@ SLACK_VARS = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_CHANNEL")
 # -- the config --------------------------------------------------------------------------------------
 
 
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def any_free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def approval_timeout(policy: dict[str, Any]) -> str | None:
     for rule in policy.get("rules", []):
         if rule.get("action") == "require_approval":
@@ -70,16 +52,17 @@ def approval_timeout(policy: dict[str, Any]) -> str | None:
 
 
 def build_config(
-    state: Path, timeout: str | None, any_ports: bool = False
+    state: Path, timeout: str | None, any_ports: bool = False, port_offset: int = 0
 ) -> tuple[dict[str, Any], list[str]]:
-    """demo/signoff.yaml made runnable from anywhere; returns (config, notes for the banner)."""
+    """The demo's signoff.yaml made runnable from anywhere; returns (config, notes for the banner)."""
     config = yaml.safe_load((DEMO / "signoff.yaml").read_text())
     notes: list[str] = []
     jobs = config["upstreams"]["jobs"]
     jobs["command"] = sys.executable  # the Python running this script has `mcp` installed
     jobs["cwd"] = str(DEMO)
     for side in ("listen", "control"):
-        host, port = config[side]["host"], config[side]["port"]
+        host, port = config[side]["host"], config[side]["port"] + port_offset
+        config[side]["port"] = port
         if any_ports:
             config[side]["port"] = any_free_port(host)
         elif not port_free(host, port):
@@ -98,7 +81,7 @@ def build_config(
                 rule.setdefault("approval", {})["timeout"] = timeout
         (state / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
         config["policy"] = str(state / "policy.yaml")
-        notes.append(f"--timeout {timeout}: the policy is a copy of demo/policy.yaml with that timeout")
+        notes.append(f"--timeout {timeout}: the policy is a copy of the demo's policy.yaml with that timeout")
 
     if all(os.environ.get(v) for v in SLACK_VARS):
         # References, not values: the tokens never land in the file; the gateway reads its environment.
@@ -116,105 +99,10 @@ def build_config(
     return config, notes
 
 
-# -- the gateway process -----------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if this script dies without stopping the gateway (Linux only)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class GatewayProcess:
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=ROOT,
-                start_new_session=True,  # Ctrl-C reaches this script, which stops the gateway in order
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            )
-
-    def wait_ready(self, control_url: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"the gateway exited with status {self.popen.returncode}")
-            try:
-                with urllib.request.urlopen(f"{control_url}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except urllib.error.HTTPError as e:  # 503: an upstream is not up yet
-                last = e.read().decode(errors="replace")
-            except OSError as e:
-                last = str(e)
-            time.sleep(0.1)
-        raise RuntimeError(f"the gateway was not ready after {timeout:.0f}s ({last})")
-
-    def log_tail(self, lines: int = 15) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM: the gateway withdraws held calls and flushes the audit log, then exits."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout)
-        return self.popen.returncode
-
-
-# -- auto-approve ------------------------------------------------------------------------------------
-
-
-def api(control_url: str, token: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(
-        control_url + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method="POST" if body is not None else "GET",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return json.load(r)
-    except urllib.error.HTTPError as e:  # 403/409 carry a JSON message too
-        return json.loads(e.read() or b"{}")
-
-
-async def auto_approve(control_url: str, token: str, delay: float, user: str = "alice") -> None:
-    """Approve each pending request `delay` seconds after it appears, as an on-call human would."""
-    seen: dict[str, float] = {}
-    while True:
-        pending = await asyncio.to_thread(api, control_url, token, "/api/approvals?status=pending")
-        now = time.monotonic()
-        for a in pending.get("approvals", []):
-            first = seen.setdefault(a["id"], now)
-            if now - first >= delay:
-                answer = await asyncio.to_thread(
-                    api,
-                    control_url,
-                    token,
-                    f"/api/approvals/{a['id']}/decide",
-                    {"decision": "approve", "user": user, "reason": "auto-approved by demo/run.py"},
-                )
-                say(f"     [auto-approve] {user} approved {a['tool']} ({a['id']}): {answer.get('message')}")
-                seen[a["id"]] = float("inf")
-        await asyncio.sleep(0.2)
-
-
 async def play(mcp_url: str, control_url: str, token: str, approve_after: float | None) -> str:
+    """Run the scripted agent (and the auto-approver, if asked); returns how the cancel ended."""
+    from proxy.demo.agent import run_agent  # imports the MCP client: only when the demo runs
+
     approver = None
     if approve_after is not None:
         approver = asyncio.create_task(auto_approve(control_url, token, approve_after))
@@ -231,7 +119,7 @@ async def play(mcp_url: str, control_url: str, token: str, approve_after: float 
 
 
 def shown(path: Path) -> str:
-    """A path relative to the current directory when it is under it (demo/policy.yaml), else absolute."""
+    """A path relative to the current directory when it is under it, else absolute."""
     with contextlib.suppress(ValueError):
         return str(path.relative_to(Path.cwd()))
     return str(path)
@@ -267,8 +155,25 @@ def banner(config: dict[str, Any], timeout: str | None, notes: list[str], args: 
     say("=" * 78)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the signoff demo (what `make demo` runs).")
+def _timeout(value: str) -> str:
+    """`--timeout`: a duration greater than zero."""
+    try:
+        if parse_duration(value) <= 0:
+            raise ValueError("the timeout must be greater than zero")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _replicas(value: str) -> int:
+    count = int(value)
+    if not 1 <= count <= 9:
+        raise argparse.ArgumentTypeError("between 1 and 9")
+    return count
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options, on `signoff demo`'s parser."""
     parser.add_argument(
         "--auto-approve",
         type=float,
@@ -276,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         help="approve through the API (as alice) SECONDS after a request appears: runs unattended",
     )
     parser.add_argument(
-        "--timeout", metavar="DURATION", help='approval timeout, e.g. "30s" or "2m" (default: the policy\'s)'
+        "--timeout",
+        type=_timeout,
+        metavar="DURATION",
+        help='approval timeout, e.g. "30s" or "2m" (default: the policy\'s)',
     )
     parser.add_argument(
         "--state-dir", type=Path, help="where the config, database and log go (default: a new temp dir)"
@@ -284,16 +192,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--any-ports", action="store_true", help="use free ports rather than 8765/8766 (for tests and CI)"
     )
-    args = parser.parse_args(argv)
-    if args.timeout is not None:
-        try:
-            if parse_duration(args.timeout) <= 0:
-                raise ValueError("the timeout must be greater than zero")
-        except ValueError as e:
-            parser.error(f"--timeout: {e}")
+    parser.add_argument(
+        "--replicas",
+        type=_replicas,
+        default=1,
+        metavar="N",
+        help="run N gateways on one PostgreSQL: a call held on one is decided through another",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo with parsed options; returns the exit status."""
     args.state_dir = (args.state_dir or Path(tempfile.mkdtemp(prefix="signoff-demo-"))).resolve()
     args.state_dir.mkdir(parents=True, exist_ok=True)
+    # SIGTERM (e.g. from a test runner) takes the same clean path as Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    if args.replicas > 1:
+        from proxy.demo.replicas import run_replicas
 
+        return run_replicas(args)
+    return run_one(args)
+
+
+def run_one(args: argparse.Namespace) -> int:
+    """One gateway on SQLite in front of the jobs server, and the scripted agent."""
     config, notes = build_config(args.state_dir, args.timeout, args.any_ports)
     timeout = args.timeout or approval_timeout(yaml.safe_load((DEMO / "policy.yaml").read_text()))
     config_path = args.state_dir / "signoff.yaml"
@@ -302,9 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     control_url = f"http://{control['host']}:{control['port']}"
     mcp_url = f"http://{config['listen']['host']}:{config['listen']['port']}/mcp"
 
-    # SIGTERM (e.g. from a test runner) takes the same clean path as Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     say("Starting the gateway in front of the demo jobs server ...")
     gateway = GatewayProcess(config_path, args.state_dir / "gateway.log")
     status = 0
@@ -331,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         code = gateway.stop()
         say(f"Gateway stopped (exit status {code}). Its log: {gateway.log_path}")
     return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m proxy.demo.run`: the same as `signoff demo`."""
+    parser = argparse.ArgumentParser(description="Run the signoff demo (what `make demo` runs).")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

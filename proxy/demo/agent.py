@@ -4,9 +4,9 @@ It lists the tools, reads the jobs (allowed), tries to delete an endpoint (denie
 cancels a running job (held until a human approves or the request expires), then prints the audit
 records of its calls from the gateway's control API.
 
-`make demo` runs it through demo/run.py. Against a gateway you started yourself:
+`signoff demo` (and `make demo`) runs it through proxy/demo/run.py. Against a gateway you started yourself:
 
-    python demo/agent.py --mcp-url http://127.0.0.1:8765/mcp \
+    python -m proxy.demo.agent --mcp-url http://127.0.0.1:8765/mcp \
         --control-url http://127.0.0.1:8766 --token <admin token>
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -24,55 +23,11 @@ from typing import Any
 import mcp_types as types
 from mcp import Client
 
+from proxy.demo.console import Progress, cut, say, step, table
 from proxy.risk import classify
 
 META = "dev.signoff/decision"  # where signoff explains a refusal in a tool result's _meta
-ENDPOINT, JOB = "sdxl-4k7q2m", "job-7f3a"  # the job the agent cancels; see demo/jobs_server.py
-STEPS = 5
-
-
-class _Line:
-    partial = False  # a progress line is being rewritten in place (on a terminal)
-
-
-def say(text: str = "") -> None:
-    if _Line.partial:  # finish the progress line first, so this text starts on a line of its own
-        sys.stdout.write("\n")
-        _Line.partial = False
-    print(text, flush=True)
-
-
-def step(n: int, title: str) -> None:
-    say()
-    say(f"{n}/{STEPS}  {title}")
-
-
-class Progress:
-    """Prints a held call's progress messages: in place on a terminal, else a line when the text changes."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stdout.isatty()
-        self.count = 0
-        self.last = ""
-        self.last_printed = 0.0
-
-    async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
-        self.count += 1
-        text = f"     ... {message or 'still waiting'}"
-        if self.tty:
-            sys.stdout.write("\r\033[K" + f"{text} [{progress:.0f}s]")
-            sys.stdout.flush()
-            _Line.partial = True
-        elif message != self.last and (self.count == 1 or time.monotonic() - self.last_printed >= 10):
-            say(text)
-            self.last_printed = time.monotonic()
-        self.last = message or ""
-
-    def done(self) -> None:
-        if _Line.partial:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            _Line.partial = False
+ENDPOINT, JOB = "sdxl-4k7q2m", "job-7f3a"  # the job the agent cancels; see jobs_server.py
 
 
 def text_of(result: types.CallToolResult) -> str:
@@ -90,17 +45,6 @@ def parse_json(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
-
-
-def table(rows: list[list[str]], indent: str = "     ") -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        say(indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def cut(text: str | None, width: int) -> str:
-    text = (text or "").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 async def list_tools(client: Client) -> None:
@@ -136,7 +80,7 @@ async def delete_endpoint(client: Client) -> None:
     step(3, f"delete-endpoint {ENDPOINT}: the agent tries to delete an endpoint")
     result = await client.call_tool("delete-endpoint", {"endpoint_id": ENDPOINT})
     if refusal_of(result) is None:
-        say(f"     -> it ran (check demo/policy.yaml): {cut(text_of(result), 80)}")
+        say(f"     -> it ran (check the demo's policy.yaml): {cut(text_of(result), 80)}")
         return
     report_refusal(result)
 

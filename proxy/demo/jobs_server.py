@@ -5,7 +5,7 @@ classifying the tools by name): `list-jobs`, `get-job`, `cancel-job` and `delete
 State lives in memory for the life of the process, so a cancel shows up in `get-job` and `list-jobs`.
 Results are pretty JSON text, as RunPod's server returns them.
 
-Run: `python demo/jobs_server.py` (stdio; normally started by the gateway).
+Run: `python -m proxy.demo.jobs_server` (stdio; normally started by the gateway).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The demo shipped with signoff (`signoff demo`): a jobs MCP server, a scripted agent, their configs."""

@@ -1,0 +1,57 @@
+"""The demo's unattended approver (`--auto-approve`): an on-call human pressing Approve, through the API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from proxy.demo.console import say
+
+
+def api(control_url: str, token: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """GET (or POST `body` to) the gateway's control API; returns the JSON answer, errors included."""
+    request = urllib.request.Request(
+        control_url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        method="POST" if body is not None else "GET",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:  # 403/409 carry a JSON message too
+        return json.loads(e.read() or b"{}")
+
+
+def approve(control_url: str, token: str, approval_id: str, user: str) -> dict[str, Any]:
+    """Approve one request as `user`: the one place the demo decides (how it authenticates lives here)."""
+    return api(
+        control_url,
+        token,
+        f"/api/approvals/{approval_id}/decide",
+        {"decision": "approve", "user": user, "reason": "auto-approved by the demo"},
+    )
+
+
+async def auto_approve(
+    control_url: str, token: str, delay: float, user: str = "alice", where: str = ""
+) -> None:
+    """Approve each pending request `delay` seconds after it appears, as an on-call human would."""
+    seen: dict[str, float] = {}
+    while True:
+        pending = await asyncio.to_thread(api, control_url, token, "/api/approvals?status=pending")
+        now = time.monotonic()
+        for a in pending.get("approvals", []):
+            first = seen.setdefault(a["id"], now)
+            if now - first >= delay:
+                answer = await asyncio.to_thread(approve, control_url, token, a["id"], user)
+                say(
+                    f"     [auto-approve] {user} approved {a['tool']} ({a['id']}){where}: "
+                    f"{answer.get('message')}"
+                )
+                seen[a["id"]] = float("inf")
+        await asyncio.sleep(0.2)
