@@ -237,7 +237,7 @@ class Broker:
         async def progress(waited: float) -> None:
             if report is not None:
                 left = max(0.0, (approval.expires_at - utcnow()).total_seconds())
-                await report(waited, f"waiting for approval {where} ({_human(left)} left)")
+                await report(waited, f"waiting for approval {where} ({time_left(left)} left)")
 
         try:
             status = await held.wait(progress, self.progress_interval)
@@ -448,11 +448,11 @@ def already_decided(approval: Approval) -> str:
     }.get(approval.status, f"Already decided ({approval.status}).")
 
 
-def _human(seconds: float) -> str:
-    """Time left, rounded up to what a person would say: 1m59s is "2m"."""
-    seconds = math.ceil(seconds)
+def time_left(seconds: float) -> str:
+    """Time left as a person would say it, never more than is left: 85 s is "85s", 9m40s is "9m"."""
+    seconds = max(0, math.floor(seconds))
     if seconds >= 3600:
-        return f"{seconds // 3600}h{math.ceil((seconds % 3600) / 60):02d}m"
-    if seconds >= 60:
-        return f"{math.ceil(seconds / 60)}m"
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    if seconds >= 120:
+        return f"{seconds // 60}m"
     return f"{seconds}s"

@@ -157,8 +157,8 @@ class PolicySet:
             self.policies[key] = new
             changed = True
             log.info(
-                "policy %s reloaded (revision %s → %s): %s",
-                source.label,
+                "%s reloaded (revision %s → %s): %s",
+                source.label if source.label != "policy" else "the policy",
                 old.revision if old else "-",
                 new.revision,
                 summarize_change(old, new),

@@ -74,7 +74,9 @@ class Downstream:
             down = cls(
                 connection=conn,
                 identity=identity,
-                id=conn.session_id or f"stdio-{uuid.uuid4().hex[:12]}",
+                # Stateless HTTP requests (json replies, the 2026-07-28 era) have no MCP session id.
+                id=conn.session_id
+                or f"{'http' if ctx.request is not None else 'stdio'}-{uuid.uuid4().hex[:12]}",
                 client_name=params.client_info.name if params is not None else None,
                 capabilities=names,
             )

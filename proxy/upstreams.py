@@ -144,7 +144,8 @@ class Link:
         cfg = self.config
         target: Any
         if cfg.command is not None:
-            cwd = str((self.base_dir / cfg.cwd).resolve()) if cfg.cwd else None
+            # Relative paths in `args` follow the config file, like every other path in it.
+            cwd = str((self.base_dir / (cfg.cwd or ".")).resolve())
             target = StdioServerParameters(command=cfg.command, args=cfg.args, env=cfg.env or None, cwd=cwd)
         else:
             assert cfg.url is not None
