@@ -357,7 +357,9 @@ class App:
             # stream's events are kept for the reconnect grace, the longest a client may be away.
             new_store=lambda: SessionEvents(linger=grace),
         )
-        watched = WatchResponses(JsonBodyLimit(starlette, body_limit), self.presence)
+        watched = WatchResponses(
+            JsonBodyLimit(starlette, body_limit), self.presence, json_response=listen.json_response
+        )
         return BearerAuth(watched, self.identities)
 
     def bind_http(self) -> socket.socket:

@@ -133,14 +133,15 @@ class WatchResponses:
     """ASGI middleware: a `ResponseStream` per request, closed when the response ends or the client leaves.
 
     It watches the client from outside the SDK, so it needs none of the SDK's internals: the response
-    ends when the app returns, and a hang-up is the ASGI `http.disconnect` message. On an SSE response
-    sse-starlette asks for that message itself (we see it pass by); a JSON response is not listening
-    for it while the call waits, so once the request body has been read we listen ourselves.
+    ends when the app returns, and a hang-up is the ASGI `http.disconnect` message. An SSE response
+    (sse-starlette) asks for that message itself and we see it pass by; nothing asks while a JSON
+    response (`json_response` mode) waits for its answer, so there we listen once the body is read.
     """
 
-    def __init__(self, app: Any, presence: Presence) -> None:
+    def __init__(self, app: Any, presence: Presence, *, json_response: bool = False) -> None:
         self.app = app
         self.presence = presence
+        self.json_response = json_response
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
@@ -157,9 +158,9 @@ class WatchResponses:
             message = await receive()
             if message["type"] == "http.disconnect":
                 stream.close()
-            elif not message.get("more_body", False) and hangup is None:
-                # The body is read: from now on `receive` only ever says the client left. uvicorn
-                # answers every caller, so listening beside sse-starlette takes nothing from it.
+            elif self.json_response and not message.get("more_body", False) and hangup is None:
+                # The body is read: from now on `receive` only ever says the client left (uvicorn
+                # answers every caller, should an SSE response of this request listen too).
                 hangup = asyncio.create_task(_until_hangup(receive, stream))
             return message
 

@@ -105,10 +105,10 @@ def stream_of(last_event_id: str) -> StreamId | None:
 
 
 def _parse(value: str) -> tuple[str, int, StreamId] | None:
-    token, _, rest = value.partition(".")
-    seq, _, encoded = rest.partition(".")
-    if not token or not seq.isdigit() or not encoded:
+    parts = value.split(".", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
         return None
+    token, seq, encoded = parts
     try:
         stream_id = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError):

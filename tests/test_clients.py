@@ -155,7 +155,8 @@ async def test_clients_killed_while_held_are_withdrawn_and_nothing_runs(
 
 
 async def test_a_resumed_stream_within_the_grace_keeps_its_call(tmp_path: Path, exec_log: Path) -> None:
-    with gateway(exec_log, tmp_path, grace="4s") as gw:
+    grace = 2.0
+    with gateway(exec_log, tmp_path, grace=f"{grace}s") as gw:
         admin = Admin(gw.control_url)
         headers = await open_session(gw.mcp_url)
         seen: list[Event] = []
@@ -168,32 +169,37 @@ async def test_a_resumed_stream_within_the_grace_keeps_its_call(tmp_path: Path, 
                 seen.append(event)
                 if event.data and event.data.get("method") == "notifications/progress":
                     break
+        hung_up_at = seen[-1].data["params"]["progress"]  # progress counts the seconds the call waited
         [pending] = await admin.pending()
-        last_id = next(e.id for e in reversed(seen) if e.id)
-        await asyncio.sleep(1.5)  # away for longer than a progress interval, shorter than the grace
-        assert (await admin.get(pending["id"]))["status"] == "pending"
+        await asyncio.sleep(grace / 2)  # away for a while: longer than a progress interval, within the grace
 
-        resumed_events: list[Event] = []
-        resume_headers = {**headers, "Accept": "text/event-stream", "Last-Event-ID": last_id}
+        replayed: list[dict[str, Any]] = []
+        live: list[dict[str, Any]] = []
+        resume_headers = {**headers, "Accept": "text/event-stream", "Last-Event-ID": seen[-1].id}
         async with (
             httpx2.AsyncClient(headers=resume_headers, timeout=30) as second,
             second.stream("GET", gw.mcp_url) as resumed,
         ):
             assert resumed.status_code == 200
             approver: asyncio.Task[Any] | None = None
+            primed = False  # the resumed stream is primed after the replay: what follows is live
             async for event in sse_events(resumed):
-                resumed_events.append(event)
-                if approver is None and event.data is None:  # replayed, and primed again: back live
+                if event.data is None:
+                    primed = True
+                    continue
+                (live if primed else replayed).append(event.data)
+                waited = event.data.get("params", {}).get("progress", 0)
+                if approver is None and primed and waited >= hung_up_at + 2 * grace:
+                    # The call outlived the grace counted from the hang-up: the resumed stream kept it.
                     approver = asyncio.create_task(approve(gw.control_url, pending["id"]))
-                if event.data and event.data.get("id") == 7:
+                if event.data.get("id") == 7:
                     break
             assert approver is not None and (await approver)[0] == 200
-    messages = [e.data for e in resumed_events if e.data]
-    missed = [m["params"]["progress"] for m in messages if m.get("method") == "notifications/progress"]
-    first_progress = next(e.data for e in seen if e.data and e.data.get("method") == "notifications/progress")
+        assert (await admin.get(pending["id"]))["status"] == "executed"
+    missed = [m["params"]["progress"] for m in replayed]
     # What was sent while the client was away is replayed, then the answer comes live.
-    assert missed and min(missed) > first_progress["params"]["progress"], messages
-    assert messages[-1]["result"]["content"][0]["text"] == "deleted resumed", messages[-1]
+    assert missed and min(missed) > hung_up_at, replayed
+    assert live[-1]["result"]["content"][0]["text"] == "deleted resumed", live[-1]
     assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["resumed"]
 
 
@@ -260,7 +266,9 @@ async def test_a_stdio_client_whose_pipe_closed_is_withdrawn(tmp_path: Path, exe
         proc.kill()
         proc.wait()
     with sqlite3.connect(tmp_path / "stdio.db") as db:
-        row = db.execute("SELECT status, decision_reason FROM approval WHERE id = ?", (pending["id"],)).fetchone()
+        row = db.execute(
+            "SELECT status, decision_reason FROM approval WHERE id = ?", (pending["id"],)
+        ).fetchone()
     assert row == ("withdrawn", GONE)
     assert executions(exec_log, "delete_thing") == []
 
