@@ -343,7 +343,11 @@ class App:
     # -- fronts ------------------------------------------------------------------------------
 
     def http_app(self) -> Any:
-        """The agent-facing Streamable HTTP app (Starlette from the SDK) behind bearer-token auth."""
+        """The agent-facing Streamable HTTP app (the SDK's, resumable) behind bearer-token auth.
+
+        Every response is watched: a held call whose client hung up and did not resume its stream
+        within `approvals.reconnect_grace` is withdrawn (`proxy.presence`).
+        """
         listen = self.config.listen
         body_limit = self.config.max_argument_bytes + ENVELOPE_BYTES
         grace = self.config.approvals.reconnect_grace
