@@ -16,7 +16,8 @@ Clients, all with their default options unless the function says otherwise:
   fastmcp_client   the `fastmcp` `Client`
 
 The Python-driven clients run this module as a script: `python -m tests.clients CLIENT URL TOOL ARGS_JSON`
-(the bearer token comes in $SIGNOFF_CLIENT_TOKEN, never on a command line); it prints one JSON line.
+(the bearer token in $SIGNOFF_CLIENT_TOKEN); it prints one JSON line. The Node CLIs take the token as
+a header argument, the way their users pass it.
 
 `approve` is the one place tests decide an approval request, whatever the approvals API becomes.
 """
@@ -131,7 +132,10 @@ def _env(token: str) -> dict[str, str]:
 async def ts_sdk(
     url: str, token: str, tool: str, arguments: dict[str, Any], *, on_progress: bool = False
 ) -> ClientRun:
-    """The TypeScript SDK client with default options (60 s request timeout); `on_progress`: reset it on progress."""
+    """The TypeScript SDK client, default options (a 60 s request timeout).
+
+    `on_progress`: with `onprogress` + `resetTimeoutOnProgress`, so progress restarts that timeout.
+    """
     script = str(nodetools.TS_CLIENT_JS)
     header = f"Authorization: Bearer {token}"
     scenario = ["progress", "--reset-timeout-on-progress"] if on_progress else ["call"]
