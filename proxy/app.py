@@ -23,7 +23,7 @@ import uvicorn
 from aiohttp import web
 from mcp.shared.message import SessionMessage
 
-from proxy.approvals import AGENT_GONE, ApprovalChannel, Broker, ClickResult
+from proxy.approvals import AGENT_GONE, GATEWAY_STOPPED, ApprovalChannel, Broker, ClickResult
 from proxy.approvers import ApproverDirectory
 from proxy.audit import AuditLog
 from proxy.auth import BearerAuth, IdentityTable
@@ -398,6 +398,8 @@ class App:
             task = asyncio.create_task(self._http.serve(sockets=[sock]))
             stop = asyncio.create_task(self.stopping.wait())
             await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            # Before the sessions close under them: their held calls are withdrawn for what it is.
+            await self.broker.withdraw_held(GATEWAY_STOPPED)
             self._http.should_exit = True
             await task
             stop.cancel()
@@ -412,6 +414,7 @@ class App:
             stop = asyncio.create_task(self.stopping.wait())
             done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
             if task not in done:
+                await self.broker.withdraw_held(GATEWAY_STOPPED)
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

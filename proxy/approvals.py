@@ -33,6 +33,7 @@ log = logging.getLogger("signoff.approvals")
 # Why a held call was withdrawn, as the approvers read it ("Withdrawn: the agent went away").
 AGENT_CANCELLED = "the agent cancelled the call"
 AGENT_GONE = "the agent went away"
+GATEWAY_STOPPED = "the gateway shut down"
 
 
 class ApprovalChannel(Protocol):
@@ -156,8 +157,7 @@ class Broker:
     async def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        for held in list(self.held.values()):
-            await self.withdraw(held.approval.id, "the gateway shut down")
+        await self.withdraw_held(GATEWAY_STOPPED)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=15)
 
@@ -354,6 +354,11 @@ class Broker:
         )
         if row is not None:
             await self._finished(row)
+
+    async def withdraw_held(self, reason: str) -> None:
+        """Withdraw every call this process holds (it stops serving them)."""
+        for held in list(self.held.values()):
+            await self.withdraw(held.approval.id, reason)
 
     async def abandoned(self, call_id: str) -> None:
         """The client of a call left without a word: withdraw the request it waits on, if any."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 import subprocess
 import time
@@ -28,7 +29,16 @@ import pytest
 from tests import clients
 from tests.clients import Ending, approve
 from tests.conftest import RAW_HEADERS, RAW_INIT, RAW_PROTOCOL, Admin, executions, gateway_config
-from tests.procs import ROOT, SIGNOFF, Gateway, free_port, running_gateway, wait_http, write_config
+from tests.procs import (
+    ROOT,
+    SIGNOFF,
+    Gateway,
+    free_port,
+    running_gateway,
+    start_gateway,
+    wait_http,
+    write_config,
+)
 
 pytestmark = pytest.mark.timeout(200)
 
@@ -270,6 +280,26 @@ async def test_a_stdio_client_whose_pipe_closed_is_withdrawn(tmp_path: Path, exe
             "SELECT status, decision_reason FROM approval WHERE id = ?", (pending["id"],)
         ).fetchone()
     assert row == ("withdrawn", GONE)
+    assert executions(exec_log, "delete_thing") == []
+
+
+async def test_a_gateway_that_stops_says_so_not_that_the_agent_left(tmp_path: Path, exec_log: Path) -> None:
+    gw = start_gateway(config(exec_log, grace="10s"), tmp_path, env={TOKEN_ENV: TOKEN})
+    try:
+        run = await clients.python_sdk(gw.mcp_url, TOKEN, "delete_thing", {"name": "stopping"})
+        [pending] = await Admin(gw.control_url).pending(timeout=30)
+        assert gw.stop(signal.SIGTERM) == 0
+        ending = await run.ended()
+        # The agent is told, before its session closes.
+        assert (ending.kind, ending.is_error) == ("result", True), ending.output
+        assert ending.text == "The approval request was withdrawn (the gateway shut down). It did not run."
+    finally:
+        gw.stop()
+    with sqlite3.connect(tmp_path / "gateway.db") as db:
+        row = db.execute(
+            "SELECT status, decision_reason FROM approval WHERE id = ?", (pending["id"],)
+        ).fetchone()
+    assert row == ("withdrawn", "the gateway shut down")
     assert executions(exec_log, "delete_thing") == []
 
 
