@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 from aiohttp import web
 
-from proxy.approvals import ApprovalChannel, Broker, ClickResult
+from proxy.approvals import AGENT_GONE, GATEWAY_STOPPED, ApprovalChannel, Broker, ClickResult
 from proxy.approvers import ApproverDirectory
 from proxy.audit import AuditLog
 from proxy.auth import BearerAuth, IdentityTable
@@ -35,7 +35,10 @@ from proxy.notify import PgListener
 from proxy.people import People, Person
 from proxy.pipeline import Pipeline
 from proxy.policies import PolicySet
+from proxy.presence import Presence, WatchResponses
 from proxy.ratelimit import MemoryRateLimiter
+from proxy.replay import SessionEvents
+from proxy.sdk_internals import streamable_http_app
 from proxy.secretfiles import read_or_create_secret
 from proxy.sessions import Downstream
 from proxy.shared_limits import DatabaseRateLimiter
@@ -141,14 +144,19 @@ class App:
             max_argument_bytes=config.max_argument_bytes,
             audit_fail_closed=config.audit.fail_closed,
         )
+        self.presence = Presence(config.approvals.reconnect_grace)
         self.gateway = Gateway(
             self.upstreams,
             self.names,
             self.pipeline,
             is_hidden=self.policies.is_hidden,
             stdio_identity=self.identities.stdio,
+            presence=self.presence,
         )
         self.gateway.on_session_close.append(self._session_closed)
+        # A call whose agent is gone never runs: its request is withdrawn, whichever way it left.
+        self.gateway.on_call_abandoned.append(self.broker.abandoned)
+        self.broker.cancelled_by_agent = self.gateway.cancelled_by_client
         self.policies.on_change.append(self._policy_changed)
         self.signin = SignIn(
             self.control.app,
@@ -163,6 +171,7 @@ class App:
         if config.oidc is not None:
             self._single_sign_on(config)
         self._http: _Uvicorn | None = None
+        self._session_manager: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.stopping = asyncio.Event()
         self.listen_port = config.listen.port
@@ -367,7 +376,7 @@ class App:
     async def _session_closed(self, down: Downstream) -> None:
         for approval_id, held in list(self.broker.held.items()):
             if held.approval.session_id == down.id:
-                await self.broker.withdraw(approval_id, "the agent disconnected")
+                await self.broker.withdraw(approval_id, AGENT_GONE)
 
     def _policy_changed(self) -> None:
         self.gateway._background(self.gateway.notify_tools_changed())
@@ -403,16 +412,28 @@ class App:
     # -- fronts ------------------------------------------------------------------------------
 
     def http_app(self) -> Any:
-        """The agent-facing Streamable HTTP app (Starlette from the SDK) behind bearer-token auth."""
+        """The agent-facing Streamable HTTP app (the SDK's, resumable) behind bearer-token auth.
+
+        Every response is watched: a held call whose client hung up and did not resume its stream
+        within `approvals.reconnect_grace` is withdrawn (`proxy.presence`).
+        """
         listen = self.config.listen
         body_limit = self.config.max_argument_bytes + ENVELOPE_BYTES
-        starlette = self.gateway.server.streamable_http_app(
-            streamable_http_path=listen.path,
+        grace = self.config.approvals.reconnect_grace
+        starlette, self._session_manager = streamable_http_app(
+            self.gateway.server,
+            path=listen.path,
             json_response=listen.json_response,
             host=listen.host,
             max_request_body_size=body_limit,
+            # Resumable streams: a client whose stream broke gets what it missed. A finished
+            # stream's events are kept for the reconnect grace, the longest a client may be away.
+            new_store=lambda: SessionEvents(linger=grace),
         )
-        return BearerAuth(JsonBodyLimit(starlette, body_limit), self.identities)
+        watched = WatchResponses(
+            JsonBodyLimit(starlette, body_limit), self.presence, json_response=listen.json_response
+        )
+        return BearerAuth(watched, self.identities)
 
     def bind_http(self) -> socket.socket:
         """Open the agent-facing socket now, so a taken port fails at start with a clear message."""
@@ -448,10 +469,12 @@ class App:
         self._http = _Uvicorn(config)
         # The SDK's session manager normally runs from Starlette's lifespan; we run it ourselves so
         # that it lives exactly as long as the server task.
-        async with self.gateway.server.session_manager.run():
+        async with self._session_manager.run():
             task = asyncio.create_task(self._http.serve(sockets=[sock]))
             stop = asyncio.create_task(self.stopping.wait())
             await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            # Before the sessions close under them: their held calls are withdrawn for what it is.
+            await self.broker.withdraw_held(GATEWAY_STOPPED)
             self._http.should_exit = True
             await task
             stop.cancel()

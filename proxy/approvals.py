@@ -31,6 +31,11 @@ from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN,
 
 log = logging.getLogger("signoff.approvals")
 
+# Why a held call was withdrawn, as the approvers read it ("Withdrawn: the agent went away").
+AGENT_CANCELLED = "the agent cancelled the call"
+AGENT_GONE = "the agent went away"
+GATEWAY_STOPPED = "the gateway shut down"
+
 
 class ApprovalChannel(Protocol):
     """Where approval requests are shown to humans (Slack, the approvals page, …)."""
@@ -89,8 +94,9 @@ def arguments_hash(arguments: Any) -> str:
 class HeldCall:
     """A paused tool call: resumed, refused or killed exactly once, whoever gets there first."""
 
-    def __init__(self, approval: Approval) -> None:
+    def __init__(self, approval: Approval, call_id: str = "") -> None:
         self.approval = approval
+        self.call_id = call_id  # the ToolCall waiting on it
         self.row: Approval | None = None  # the decided row, when whoever settled it had it at hand
         self.future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -133,6 +139,9 @@ class Broker:
         self.progress_interval = progress_interval
         self.on_event = on_event  # (event, approval, user, detail) -> audit of refused/late clicks
         self.held: dict[str, HeldCall] = {}
+        # Whether a cancelled waiter's client asked for the cancellation (by ToolCall id); otherwise
+        # its session ended under it: the agent went away. Set by whoever knows the client side.
+        self.cancelled_by_agent: Callable[[str], bool] = lambda call_id: True
         self.scheduler = AsyncIOScheduler(job_defaults={"misfire_grace_time": None, "coalesce": True})
         self._poll_since = utcnow()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -149,8 +158,7 @@ class Broker:
     async def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        for held in list(self.held.values()):
-            await self.withdraw(held.approval.id, "the gateway shut down")
+        await self.withdraw_held(GATEWAY_STOPPED)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=15)
 
@@ -200,7 +208,7 @@ class Broker:
         )
         await self.store.add_approval(approval)
         if spec.mode == "hold":
-            self.held[approval.id] = HeldCall(approval)
+            self.held[approval.id] = HeldCall(approval, call.id)
         self._schedule_expiry(approval.id, approval.expires_at)
         try:
             ref = await self.channel.post(approval)
@@ -243,8 +251,9 @@ class Broker:
             status = await held.wait(progress, self.progress_interval)
         except asyncio.CancelledError:
             self.held.pop(approval.id, None)
+            reason = AGENT_CANCELLED if self.cancelled_by_agent(held.call_id) else AGENT_GONE
             # Shielded: the withdrawal must land even though our caller is being cancelled.
-            await asyncio.shield(self.withdraw(approval.id, "the agent cancelled the call"))
+            await asyncio.shield(self.withdraw(approval.id, reason))
             raise
         finally:
             self.held.pop(approval.id, None)
@@ -348,6 +357,17 @@ class Broker:
         )
         if row is not None:
             await self._finished(row)
+
+    async def withdraw_held(self, reason: str) -> None:
+        """Withdraw every call this process holds (it stops serving them)."""
+        for held in list(self.held.values()):
+            await self.withdraw(held.approval.id, reason)
+
+    async def abandoned(self, call_id: str) -> None:
+        """The client of a call left without a word: withdraw the request it waits on, if any."""
+        for approval_id, held in list(self.held.items()):
+            if held.call_id == call_id:
+                await self.withdraw(approval_id, AGENT_GONE)
 
     def report_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
         """After an approved call ran: record and announce what happened, off the agent's path."""

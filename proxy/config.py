@@ -247,6 +247,9 @@ class ApprovalsConfig(_Model):
     progress_interval: Duration = 5.0
     # Seconds after which another process's missing heartbeat means its held calls died with it.
     heartbeat_timeout: Duration = 10.0
+    # A held HTTP call whose response stream closed counts as abandoned (withdrawn, never run) unless
+    # its client resumes the stream (GET with Last-Event-ID) within this long.
+    reconnect_grace: Duration = 10.0
 
 
 class Config(_Model):

@@ -7,8 +7,9 @@ pipeline's business (`proxy.pipeline`), reached through `Gateway.calls`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import mcp_types as types
@@ -30,7 +31,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from proxy.calls import ToolCall, UnknownTool
 from proxy.identity import ANONYMOUS, Identity
 from proxy.naming import Names
-from proxy.sessions import Downstream, connection_of, is_list_changed
+from proxy.presence import SCOPE_KEY, Presence
+from proxy.sdk_internals import connection_of, peer_cancelled
+from proxy.sessions import Downstream, is_list_changed
 from proxy.upstreams import Link, Upstream, UpstreamError
 
 log = logging.getLogger("signoff.gateway")
@@ -83,14 +86,19 @@ class Gateway:
         is_hidden: Callable[[str, str], bool] = lambda upstream, tool: False,
         stdio_identity: Identity = ANONYMOUS,
         name: str = "signoff",
+        presence: Presence | None = None,
     ) -> None:
         self.upstreams = upstreams
         self.names = names
         self.calls = calls
         self.is_hidden = is_hidden
         self.stdio_identity = stdio_identity
+        self.presence = presence  # HTTP front only: notices clients that leave without a word
         self.sessions: set[Downstream] = set()
         self.on_session_close: list[Callable[[Downstream], Awaitable[None]]] = []
+        # Called with a ToolCall's id when its HTTP client left and did not come back within the grace.
+        self.on_call_abandoned: list[Callable[[str], Awaitable[None]]] = []
+        self._calls_in_flight: dict[str, Ctx] = {}  # ToolCall id -> its request
         self._resource_owner: dict[str, str] = {}
         self._template_owner: list[tuple[str, str]] = []
         self._shared_subscribers: dict[tuple[str, str], set[Downstream]] = {}
@@ -240,9 +248,42 @@ class Gateway:
                 )
 
         try:
-            return await self.calls(call, forward)
+            with self._in_flight(call, down, ctx):
+                return await self.calls(call, forward)
         except UnknownTool:
             raise _unknown_tool(public) from None
+
+    @contextlib.contextmanager
+    def _in_flight(self, call: ToolCall, down: Downstream, ctx: Ctx) -> Iterator[None]:
+        """Remember the call's request while it runs, and watch whether its HTTP client stays."""
+        self._calls_in_flight[call.id] = ctx
+        stream = ctx.request.scope.get(SCOPE_KEY) if ctx.request is not None else None
+        try:
+            if stream is None or self.presence is None:
+                yield
+                return
+            with self.presence.watching(
+                down.id,
+                ctx.request_id,
+                down.identity.name,
+                stream,
+                lambda: self._background(self._call_abandoned(call.id)),
+            ):
+                yield
+        finally:
+            del self._calls_in_flight[call.id]
+
+    async def _call_abandoned(self, call_id: str) -> None:
+        for hook in self.on_call_abandoned:
+            try:
+                await hook(call_id)
+            except Exception:
+                log.exception("call-abandoned hook failed")
+
+    def cancelled_by_client(self, call_id: str) -> bool:
+        """Whether a call's handler is being cancelled because its client asked (else its session ended)."""
+        ctx = self._calls_in_flight.get(call_id)
+        return ctx is None or peer_cancelled(ctx)
 
     async def _tool_info(self, down: Downstream, up: Upstream, tool: str) -> dict[str, Any] | None:
         """The upstream's description of `tool`; raises UnknownTool when its catalog has no such tool.

@@ -16,6 +16,7 @@ from mcp.shared.message import ServerMessageMetadata
 from pydantic import BaseModel, ConfigDict
 
 from proxy.identity import Identity
+from proxy.sdk_internals import connection_of
 from proxy.upstreams import Link, LinkHooks, Upstream
 
 log = logging.getLogger("signoff.sessions")
@@ -36,12 +37,6 @@ _LIST_CHANGED = {
 class _AnyResult(BaseModel):
     # Keeps every field of the client's answer, so relaying does not drop what we don't model.
     model_config = ConfigDict(extra="allow")
-
-
-def connection_of(ctx: ServerRequestContext[Any, Any]) -> Any:
-    """The per-client `Connection` behind a request context."""
-    # mcp 2.3 builds `ServerRequestContext` without the connection; the session holds it.
-    return ctx.session._connection
 
 
 @dataclass(eq=False)

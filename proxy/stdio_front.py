@@ -230,7 +230,11 @@ async def _hand_over(app: App, wire: Wire, queued: list[bytes], answered_init: A
         task.add_done_callback(_log_failure)
     stop = asyncio.create_task(app.stopping.wait())
     try:
-        await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if running not in done:  # told to stop while the client is still there: say why, not "went away"
+            from proxy.approvals import GATEWAY_STOPPED
+
+            await app.broker.withdraw_held(GATEWAY_STOPPED)
     finally:
         for task in [*tasks, stop]:
             task.cancel()
