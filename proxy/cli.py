@@ -72,8 +72,15 @@ def _run_loop(main: Any) -> None:
 # -- upstream tools: check, tools, init --------------------------------------------------------
 
 
+PROBE_TIMEOUT = 10.0  # check/tools/init give up on an upstream after this long, or its first failure
+
+
 async def fetch_tools(config: Config) -> dict[str, list[dict[str, Any]] | str]:
-    """Every upstream's tools (or why they could not be listed), connecting to each once."""
+    """Every upstream's tools (or why they could not be listed), connecting to each once, in parallel.
+
+    Unlike the gateway, nothing here retries: the first failure is the answer, with the upstream's
+    own error (a stdio upstream's stderr is this process's, so its complaint is printed above).
+    """
     from proxy.upstreams import Upstream
 
     async def one(name: str) -> list[dict[str, Any]] | str:
@@ -81,10 +88,17 @@ async def fetch_tools(config: Config) -> dict[str, list[dict[str, Any]] | str]:
             return None
 
         up = Upstream(name, config.upstreams[name], config.base_dir, notify=ignore)
+        up.shared.reconnect = False
         up.shared.start()
         try:
-            if not await up.shared.wait_ready(up.config.connect_timeout):
-                return up.shared.unavailable_reason()
+            patience = min(up.config.connect_timeout, PROBE_TIMEOUT)
+            deadline = asyncio.get_running_loop().time() + patience
+            while not up.shared.ready.is_set() and up.shared.last_error is None:
+                if asyncio.get_running_loop().time() > deadline:
+                    return f"no answer to the MCP handshake within {patience:g}s"
+                await asyncio.sleep(0.05)
+            if not up.shared.ready.is_set():
+                return f"cannot connect: {up.shared.last_error}"
             return list((await up.refresh_tools()).values())
         except Exception as e:
             return f"tools/list failed: {e}"
@@ -196,18 +210,25 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"signoff: no identity {args.identity!r} in the config", file=sys.stderr)
             return 2
         identity = Identity(args.identity, frozenset(cfg.groups), cfg.slack_user)
-    print(
-        f"config OK: {len(config.upstreams)} upstream(s); policy revision "
+    summary = (
+        "; policy revision "
         + ", ".join(
             f"{k or 'policy'}={p.revision} ({p.source_format}, {p.mode})"
             for k, p in policies.policies.items()
         )
         if policies.policies
-        else f"config OK: {len(config.upstreams)} upstream(s); no policy (everything is allowed)"
+        else "; no policy (everything is allowed)"
     )
     listing = asyncio.run(fetch_tools(config))
-    rows: list[list[str]] = []
     pairs, failed = _listed(listing)
+    if failed:
+        print(
+            "signoff: the config is valid, but not every upstream could be listed, so the decisions "
+            "cannot be shown (see above)",
+            file=sys.stderr,
+        )
+        return 1
+    rows: list[list[str]] = []
     for upstream, tool in pairs:
         if policies.is_hidden(upstream, tool["name"]):
             rows.append([names.public(upstream, tool["name"]), _risk(tool), "hidden", "(hidden)"])
@@ -222,8 +243,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                 verdict.decision.rule,
             ]
         )
+    own = {up: [t["name"] for t in tools] for up, tools in listing.items() if isinstance(tools, list)}
+    warnings = policies.unmatched(own)
+    verdict = f"config OK with {len(warnings)} warning(s)" if warnings else "config OK"
+    print(f"{verdict}: {len(config.upstreams)} upstream(s){summary}")
     print(_table(rows, ["TOOL", "RISK", "DECISION (no arguments)", "RULE"]))
-    return 1 if failed else 0
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 1 if warnings and args.strict else 0
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -543,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config and print the decision for every upstream tool")
     _add_config(p)
     p.add_argument("--as", dest="identity", help="evaluate for this configured identity")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a policy names a tool no upstream has")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("tools", help="list upstream tools with their risk class")

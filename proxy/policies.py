@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from proxy.config import Config, ConfigError, read_document
 from proxy.identity import Identity
 from proxy.naming import Names
-from proxy.policy import CompiledPolicy, Decision, PolicyError, compile_policy
+from proxy.policy import CompiledPolicy, Decision, PolicyError, compile_policy, matches_any
 
 log = logging.getLogger("signoff.policy")
 
@@ -114,6 +115,29 @@ class PolicySet:
             # Nothing named the public form: let a rule naming the upstream's own name decide.
             decision = policy.decide(identity, names[1], arguments)
         return Verdict(decision, policy.revision, policy.mode != "shadow")
+
+    def unmatched(self, tools: Mapping[str, Sequence[str]]) -> list[str]:
+        """Tool patterns that match no listed tool (a typo leaves the tool it meant ungoverned).
+
+        `tools` maps each upstream to its own tool names; every upstream must be listed.
+        """
+        problems = []
+        for key, policy in self.policies.items():
+            if key is not None:
+                names = set(tools.get(key, ()))
+            else:
+                names = {
+                    n for up, own in tools.items() for tool in own for n in self._candidates(up, tool, False)
+                }
+            for where, glob in policy.patterns():
+                if glob == "*" or matches_any(glob, names):
+                    continue
+                close = difflib.get_close_matches(glob, sorted(names), n=1, cutoff=0.75)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(
+                    f"{self.sources[key].label}: {where} names {glob!r}, which matches no upstream tool{hint}"
+                )
+        return problems
 
     def revision(self, upstream: str) -> str:
         return self._policy_for(upstream)[0].revision

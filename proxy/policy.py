@@ -52,7 +52,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any, Literal
 
@@ -701,10 +701,24 @@ class CompiledPolicy:
             return decision
         return replace(decision, rate_limits=(*limits, *decision.rate_limits))
 
+    def patterns(self) -> list[tuple[str, str]]:
+        """(where, glob) for every tool pattern the policy names, for `signoff check` to test."""
+        found = [("hide", glob) for glob in self.spec.hide]
+        for i, rule in enumerate(self.spec.rules):
+            where = f"rule {rule.name!r}" if rule.name else f"rules[{i}]"
+            found += [(where, glob) for glob in rule.tools]
+        return found
+
     def approver_groups(self) -> set[str]:
         """Approver group names the policy refers to, so the config can check they exist."""
         specs = [rule.approval for rule in self.spec.rules] + [self.spec.default_approval]
         return {spec.approvers for spec in specs if spec is not None and spec.approvers}
+
+
+def matches_any(glob: str, names: Iterable[str]) -> bool:
+    """Whether a tool pattern of a policy matches at least one of `names`."""
+    matcher = _ToolMatcher([glob])
+    return any(matcher.matches(name) for name in names)
 
 
 def compile_spec(spec: PolicySpec) -> CompiledPolicy:

@@ -73,6 +73,7 @@ class Link:
         self.restarts = 0
         self.server_capabilities: types.ServerCapabilities | None = None
         self.ready = asyncio.Event()
+        self.reconnect = True  # False for a one-off probe (`signoff check`): the first failure is the answer
         self._session: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
@@ -112,7 +113,8 @@ class Link:
             finally:
                 self._session = None
                 self.ready.clear()
-            if self._closing.is_set():
+            if self._closing.is_set() or not self.reconnect:
+                self.state = "down"
                 return
             if time.monotonic() - started > 30:
                 delay = 0.25  # it was healthy for a while: restart promptly

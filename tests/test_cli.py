@@ -7,6 +7,8 @@ import json
 import os
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +186,50 @@ async def test_secret_files_are_made_owner_only_whatever_existed_before(
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         assert stat.S_IMODE(db.stat().st_mode) == 0o600
         assert token_file.read_text().strip() == "kept-from-before"  # shared, never overwritten
+
+
+def test_check_warns_of_a_rule_that_matches_no_tool_and_strict_fails(tmp_path: Path, exec_log: Path) -> None:
+    cfg = {
+        "upstreams": {"echo": stdio_echo(exec_log)},
+        "people": PEOPLE,
+        "approvers": APPROVERS,
+        "policy": {"default": "allow", "rules": [{**HOLD, "tools": "delete_things"}]},  # a typo
+    }
+    path = str(write_config(cfg, tmp_path / "typo.yaml"))
+    out = signoff("check", "--config", path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("config OK with 1 warning(s)")
+    assert (
+        "names 'delete_things', which matches no upstream tool (did you mean 'delete_thing'?)" in out.stderr
+    )
+    strict = signoff("check", "--config", path, "--strict")
+    assert strict.returncode == 1 and "delete_things" in strict.stderr
+
+
+def test_check_and_tools_fail_fast_with_a_broken_upstreams_own_error(tmp_path: Path) -> None:
+    broken = {
+        "command": sys.executable,
+        "args": ["-c", "import sys; sys.exit('RUNPOD_API_KEY environment variable is required')"],
+    }
+    path = str(write_config({"upstreams": {"runpod": broken}}, tmp_path / "broken.yaml"))
+    for command in ("check", "tools"):
+        started = time.monotonic()
+        out = signoff(command, "--config", path)
+        assert time.monotonic() - started < 10, command
+        assert out.returncode == 1, (command, out.stdout, out.stderr)
+        assert "RUNPOD_API_KEY environment variable is required" in out.stderr  # the upstream's own words
+        assert "config OK" not in out.stdout and "reconnecting" not in out.stderr
+
+
+def test_every_subcommand_takes_config_and_a_positional_file_still_works(
+    tmp_path: Path, exec_log: Path
+) -> None:
+    path = str(write_config({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path / "c.yaml"))
+    assert signoff("tools", "--config", path, "--json").returncode == 0
+    assert signoff("tools", path, "--json").returncode == 0
+    assert signoff("audit", "--config", path).returncode == 0
+    assert signoff("init", "--config", path, "-o", "-").returncode == 0
+    both = signoff("tools", path, "--config", str(tmp_path / "other.yaml"))
+    assert both.returncode != 0 and "two config files" in both.stderr
+    none = signoff("audit")
+    assert none.returncode == 2 and "--config FILE or --database URL" in none.stderr
