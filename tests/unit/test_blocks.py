@@ -357,3 +357,11 @@ def test_mentions_only_for_slack_ids() -> None:
     assert blocks.mention("U_ALICE") == "<@U_ALICE>" and blocks.mention("W0123ABC") == "<@W0123ABC>"
     assert blocks.mention("(timeout)") == "(timeout)"
     assert blocks.mention("<!channel>") == "&lt;!channel&gt;"
+
+
+def test_the_outcome_reply_never_posts_a_secret_from_the_result() -> None:
+    detail = "connected with password=hunter2hunter2 to postgres://app:s3cretpw@db:5432/prod; token: xoxb-1-2-abcdefghij"
+    rendered = json.dumps(blocks.outcome_reply(decided(EXECUTED), "ok", detail))
+    for secret in ("hunter2hunter2", "s3cretpw", "xoxb-1-2-abcdefghij"):
+        assert secret not in rendered
+    assert "connected with password=" in rendered  # the rest of the result is still there
