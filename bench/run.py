@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -55,6 +57,7 @@ ADMIN_TOKEN = "bench-admin-token"
 HELD_RAMP_LIMIT = 240  # seconds to get every call held before measuring what is held
 APPROVE_BUDGET = 210  # seconds after which no new page of 1,000 approvals is started
 AGENT_TOKEN = "bench-agent-token"
+APPROVER_TOKEN = "bench-approver-token"
 
 TARGETS = {  # key: (comparison, limit, what)
     "p50_ratio": ("<=", 1.25, "allowed call p50, gateway/direct"),
@@ -64,6 +67,7 @@ TARGETS = {  # key: (comparison, limit, what)
     "policy_p99_us": ("<=", 20.0, "policy decision p99, 1,000 rules (us)"),
     "held_10k_rss_mb": ("<=", 300.0, "gateway peak RSS, 10,000 held calls (MB)"),
     "decision_to_dispatch_p99_ms": ("<=", 50.0, "decision -> upstream execution p99 (ms)"),
+    "stdio_start_ms": ("<=", 1000.0, "stdio process start -> initialize answered (ms, median)"),
 }
 
 
@@ -229,6 +233,45 @@ def bench_policy() -> dict[str, Any]:
     return {"default": "deny", "hide": ["admin_*", "*_purge*"], "rules": rules}
 
 
+def stdio_start(tmp: Path, runs: int = 5) -> dict[str, Any]:
+    """Milliseconds from starting `signoff serve --stdio` to its `initialize` result, one process at
+    a time and three at once (desktop clients start together); the upstream is slow to start on purpose."""
+    config = {
+        "upstreams": {"echo": {"command": PYTHON, "args": [str(BENCH / "upstream.py")]}},
+        "database_url": f"sqlite+aiosqlite:///{tmp / 'stdio.db'}",
+        "control": {"host": "127.0.0.1", "port": free_port()},
+    }
+    path = tmp / "stdio.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    init = (
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
+        b'"capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}\n'
+    )
+
+    def one() -> float:
+        started = time.perf_counter()
+        p = subprocess.Popen(
+            [PYTHON, *LAUNCHER, "serve", "--stdio", "--config", str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(init)
+        p.stdin.flush()
+        line = p.stdout.readline()
+        took = (time.perf_counter() - started) * 1000
+        p.stdin.close()
+        p.wait(60)
+        assert b'"result"' in line, line[:200]
+        return took
+
+    alone = [one() for _ in range(runs)]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda _: one(), range(3)))
+    return {"alone_ms": [round(x) for x in alone], "three_at_once_ms": [round(x) for x in together]}
+
+
 def gateway_config(tmp: Path, name: str, upstream_env: dict[str, str]) -> dict[str, Any]:
     upstream: dict[str, Any] = {"command": PYTHON, "args": [str(BENCH / "upstream.py")]}
     if upstream_env:  # the SDK starts stdio servers with a minimal environment plus these
@@ -239,6 +282,8 @@ def gateway_config(tmp: Path, name: str, upstream_env: dict[str, str]) -> dict[s
         "control": {"host": "127.0.0.1", "port": free_port(), "admin_token": ADMIN_TOKEN},
         "database_url": f"sqlite+aiosqlite:///{tmp / (name + '.db')}",
         "identities": {"agent": {"token_env": "BENCH_AGENT_TOKEN", "groups": ["agents"]}},
+        # The person who clicks Approve in the held phase, with their own token (the admin token views).
+        "people": {"bench": {"token_sha256": hashlib.sha256(APPROVER_TOKEN.encode()).hexdigest()}},
         "policy": bench_policy(),
         "approvals": {"progress_interval": "30s"},
     }
@@ -360,7 +405,7 @@ async def approve_all(gw: Gateway, concurrency: int, exec_log: Path, budget: flo
     """
     import httpx2
 
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    headers = {"Authorization": f"Bearer {APPROVER_TOKEN}"}
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     n_of: dict[str, int] = {}
     approved: list[str] = []
@@ -373,9 +418,7 @@ async def approve_all(gw: Gateway, concurrency: int, exec_log: Path, budget: flo
         async def decide(approval_id: str) -> None:
             async with gate:
                 t0 = time.perf_counter()
-                r = await http.post(
-                    f"/api/approvals/{approval_id}/decide", json={"decision": "approve", "user": "bench"}
-                )
+                r = await http.post(f"/api/approvals/{approval_id}/decide", json={"decision": "approve"})
                 decide_ms.append((time.perf_counter() - t0) * 1000)
                 if r.status_code == 200:
                     approved.append(approval_id)
@@ -694,6 +737,12 @@ def main() -> int:
                 }
             )
 
+        print("2a. stdio start: process start -> initialize answered")
+        stdio = stdio_start(tmp)
+        results["stdio_start_ms"] = med(stdio["alone_ms"])
+        results["stdio_start"] = stdio
+        print(f"  alone {stdio['alone_ms']} ms; three at once {stdio['three_at_once_ms']} ms")
+
         print("2. policy evaluation (bench/policy_bench.py, 1,000 rules)")
         from bench.policy_bench import run as policy_run
 
@@ -748,6 +797,7 @@ def print_table(r: dict[str, Any]) -> None:
             f"{lat.get('gateway_calls_per_s', '-')}/s",
         ),
         ("policy_p99_us", "", f"p50 {r.get('policy', {}).get('p50_us', '-')} us"),
+        ("stdio_start_ms", "", f"3 at once {max(r.get('stdio_start', {}).get('three_at_once_ms', [0]))} ms"),
         (
             "held_10k_rss_mb",
             f"{held.get('held_at_once', '-')} held",
