@@ -22,6 +22,9 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from proxy.config import ConfigError
+from proxy.errors import StartupError
+
 if TYPE_CHECKING:
     from proxy.app import App
     from proxy.config import Config
@@ -138,6 +141,12 @@ async def serve(config: Config) -> None:
             await _hand_over(app, wire, queued, answered_init)
         finally:
             await app.stop()
+    except (StartupError, ConfigError):
+        raise  # the command line says these plainly
+    except Exception:
+        # Said here, while stderr is surely still the client's log: a silent exit is the worst answer.
+        log.exception("the stdio front failed")
+        raise
     finally:
         await wire.close()
 
@@ -163,7 +172,7 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
 def _peek(line: bytes) -> dict[str, Any] | None:
     try:
         message = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to be a message we answer early
         return None
     return message if isinstance(message, dict) else None
 
@@ -196,7 +205,7 @@ async def _hand_over(app: App, wire: Wire, queued: list[bytes], answered_init: A
     async def deliver(line: bytes) -> None:
         try:
             message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             wire.send(_parse_error(type(e).__name__))
             return
         await to_server.send(SessionMessage(message))

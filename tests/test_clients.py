@@ -60,7 +60,7 @@ def config(exec_log: Path, grace: str, **extra: Any) -> dict[str, Any]:
     return gateway_config(
         exec_log,
         {"default": "allow", "rules": [HOLD_RULE]},
-        approvers={"oncall": {"users": ["alice"]}},
+        approvers={"oncall": {"people": ["alice"]}},
         identities={"agent": {"token_env": TOKEN_ENV}},
         approvals={"progress_interval": "1s", "reconnect_grace": grace},
         **extra,

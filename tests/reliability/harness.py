@@ -45,7 +45,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
 
-from tests.conftest import ADMIN_TOKEN, DECISION, executions, gateway_config
+from tests.conftest import ADMIN_TOKEN, DECISION, executions, gateway_config, person_token
 from tests.procs import ROOT, SIGNOFF
 
 TOKENS = {"agent-a": "reliability-token-a-0123456789", "agent-b": "reliability-token-b-9876543210"}
@@ -453,10 +453,15 @@ class Approver:
 
     async def _click(self, http: httpx2.AsyncClient, approval_id: str, decision: str, user: str) -> int:
         """One click; during a tolerated outage a failed click is tried again, as a person would."""
-        body = {"decision": decision, "user": user, "reason": DENY_REASON if decision == "deny" else None}
+        body = {"decision": decision, "reason": DENY_REASON if decision == "deny" else None}
+        as_user = {
+            "Authorization": f"Bearer {person_token(user)}"
+        }  # each person decides with their own token
         for _ in range(40 if self.tolerate_outage else 1):
             try:
-                r = await http.post(f"{self.control_url}/api/approvals/{approval_id}/decide", json=body)
+                r = await http.post(
+                    f"{self.control_url}/api/approvals/{approval_id}/decide", json=body, headers=as_user
+                )
             except Exception as e:
                 if not self.tolerate_outage:
                     self.errors.append(f"{decision} {approval_id}: {type(e).__name__}: {e}")

@@ -17,7 +17,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import DECISION, Admin, executions, gateway_config
+from tests.conftest import DECISION, Admin, executions, gateway_config, person_token
 from tests.pg import remove, start_postgres
 from tests.procs import running_gateway, start_gateway
 from tests.reliability.harness import (
@@ -242,9 +242,10 @@ async def test_an_approve_click_that_failed_half_way_can_be_repeated(
                 status, first_vote = await admin.decide(pending["id"], "approve", "alice")
                 assert status == 200 and "1 of 2" in first_vote["message"], first_vote
                 url = f"{gw.control_url}/api/approvals/{pending['id']}/decide"
-                body = {"decision": "approve", "user": "bob"}  # the vote that completes the quorum
+                body = {"decision": "approve"}  # bob's vote, which completes the quorum
                 locker, killer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
-                async with httpx2.AsyncClient(headers=admin.headers, timeout=30) as http:
+                bob = {"Authorization": f"Bearer {person_token('bob')}"}
+                async with httpx2.AsyncClient(headers=bob, timeout=30) as http:
                     try:
                         # Hold the approval row so the decision's UPDATE waits, then drop that
                         # connection: the vote is already committed, the transition fails.
