@@ -18,6 +18,20 @@ class UnknownTool(Exception):
 
 
 @dataclass
+class CallRecord:
+    """What the call's audit record will say, filled in by the stages as the call goes."""
+
+    decision: str = ""
+    rule: str | None = None
+    reason: str | None = None
+    outcome: str = ""
+    approval_id: str | None = None
+    approvers: str | None = None
+    enforced: bool = True
+    revision: str = ""
+
+
+@dataclass
 class ToolCall:
     """Everything the pipeline needs to know about one `tools/call`."""
 
@@ -34,6 +48,10 @@ class ToolCall:
     known: bool = True  # False: the upstream does not list this tool
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.monotonic)
+    record: CallRecord = field(default_factory=CallRecord)
+    verdict: Any = None  # the policy's Verdict, once the policy stage has decided
+    # How to send this call to its upstream (set by the front that received it); the last stage's job.
+    forward: Callable[[ToolCall], Awaitable[dict[str, Any]]] | None = None
 
     @property
     def has_output_schema(self) -> bool:

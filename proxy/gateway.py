@@ -40,7 +40,7 @@ log = logging.getLogger("signoff.gateway")
 
 RESOURCE_NOT_FOUND = -32002
 Ctx = ServerRequestContext[Any, Any]
-CallHandler = Callable[[ToolCall, Callable[[ToolCall], Awaitable[dict[str, Any]]]], Awaitable[dict[str, Any]]]
+CallHandler = Callable[[ToolCall], Awaitable[dict[str, Any]]]
 
 
 class _GatewayServer(Server[Any]):
@@ -247,9 +247,10 @@ class Gateway:
                     on_progress=c.progress,
                 )
 
+        call.forward = forward
         try:
             with self._in_flight(call, down, ctx):
-                return await self.calls(call, forward)
+                return await self.calls(call)
         except UnknownTool:
             raise _unknown_tool(public) from None
 

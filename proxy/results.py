@@ -39,3 +39,11 @@ def refusal(reason: str, text: str, *, has_output_schema: bool = False, **detail
     if not has_output_schema:
         result["structuredContent"] = {"signoff": info}
     return result
+
+
+class Refused(Exception):
+    """The call ends here with this result; nothing reaches the upstream."""
+
+    def __init__(self, result: dict[str, Any], outcome: str) -> None:
+        self.result = result
+        self.outcome = outcome
