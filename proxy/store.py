@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -190,7 +192,7 @@ class Store:
         if path is not None:
             # It holds who asked for what and who decided; SQLite gives its -wal/-shm files the same mode.
             make_private(path)
-        async with self.engine.begin() as conn:
+        async with _schema_lock(path), self.engine.begin() as conn:
             if self.is_postgres:
                 await conn.execute(text("SELECT pg_advisory_xact_lock(7120411)"))
             fresh = not await conn.run_sync(lambda c: inspect(c).has_table("approval"))
@@ -549,6 +551,26 @@ _AUDIT_DEFAULTS = {
 def _audit_row(fields: dict[str, Any]) -> dict[str, Any]:
     # executemany needs every row to name the same columns.
     return {**_AUDIT_DEFAULTS, **fields}
+
+
+@contextlib.asynccontextmanager
+async def _schema_lock(db: Path | None) -> Any:
+    """Serialise schema changes between processes on one SQLite file (PostgreSQL uses an advisory lock).
+
+    Several stdio gateways start at once on one machine; without this, two both find no table and
+    the second's CREATE TABLE fails.
+    """
+    if db is None:
+        yield
+        return
+    lock = db.with_name(db.name + ".lock")
+    make_private(lock)
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def sqlite_path(url: str) -> Path | None:
