@@ -211,9 +211,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def gwconf(exec_log: Path, db_url: str) -> Any:
-    """`gateway_config` bound to this test's execution log and database backend."""
+    """`gateway_config` bound to this test's execution log and database backend (both backends)."""
 
     def make(policy: dict[str, Any] | str | None, **extra: Any) -> dict[str, Any]:
         return gateway_config(exec_log, policy, **{"database_url": db_url, **extra})
+
+    return make
+
+
+@pytest.fixture
+def sqlite_gwconf(exec_log: Path, tmp_path: Path) -> Any:
+    """`gateway_config` on SQLite only, for tests of what the database backend has no part in."""
+
+    def make(policy: dict[str, Any] | str | None, **extra: Any) -> dict[str, Any]:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+        return gateway_config(exec_log, policy, **{"database_url": url, **extra})
 
     return make

@@ -142,9 +142,9 @@ async def test_quorum_two_of_three(tmp_path: Path, exec_log: Path, gwconf: Any) 
 
 
 async def test_self_approval_and_non_approvers_are_refused_and_audited(
-    tmp_path: Path, exec_log: Path, gwconf: Any
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
-    config = gwconf(
+    config = sqlite_gwconf(
         policy(HOLD),
         approvers=APPROVERS,
         identities={"agent": {"token_env": "AGENT_TOKEN", "slack_user": "U_ALICE"}},
@@ -173,9 +173,9 @@ async def test_self_approval_and_non_approvers_are_refused_and_audited(
 
 
 async def test_cancelled_call_withdraws_and_a_late_approval_runs_nothing(
-    tmp_path: Path, exec_log: Path, gwconf: Any
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
-    with running_gateway(gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
+    with running_gateway(sqlite_gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             with pytest.raises(Exception):  # noqa: B017 - the SDK raises its timeout error
@@ -197,8 +197,8 @@ async def test_cancelled_call_withdraws_and_a_late_approval_runs_nothing(
     assert executions(exec_log, "delete_thing") == []
 
 
-async def test_client_disconnect_withdraws(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
-    with running_gateway(gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
+async def test_client_disconnect_withdraws(tmp_path: Path, exec_log: Path, sqlite_gwconf: Any) -> None:
+    with running_gateway(sqlite_gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         client = Client(gw.mcp_url, mode="legacy")
         await client.__aenter__()
@@ -254,9 +254,9 @@ async def test_pending_mode_call_again_runs_exactly_once(tmp_path: Path, exec_lo
 
 @pytest.mark.node
 async def test_ts_client_with_short_timeout_survives_a_long_hold(
-    tmp_path: Path, exec_log: Path, gwconf: Any
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
-    config = gwconf(policy(HOLD), approvers=APPROVERS, approvals={"progress_interval": "1s"})
+    config = sqlite_gwconf(policy(HOLD), approvers=APPROVERS, approvals={"progress_interval": "1s"})
     with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
 

@@ -20,10 +20,10 @@ from tests.test_approvals import client_as
 
 
 async def test_hidden_tool_is_absent_and_refused_exactly_like_an_unknown_one(
-    tmp_path: Path, exec_log: Path, gwconf: Any
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
     pol = {"default": "allow", "hide": ["delete_*", "crash"]}
-    with running_gateway(gwconf(pol), tmp_path) as gw:
+    with running_gateway(sqlite_gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "delete_thing" not in names and "crash" not in names and "echo" in names
@@ -38,7 +38,7 @@ async def test_hidden_tool_is_absent_and_refused_exactly_like_an_unknown_one(
     assert executions(exec_log) == []
 
 
-async def test_deny_reason_reaches_the_agent(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+async def test_deny_reason_reaches_the_agent(tmp_path: Path, exec_log: Path, sqlite_gwconf: Any) -> None:
     pol = {
         "default": "allow",
         "rules": [
@@ -51,7 +51,7 @@ async def test_deny_reason_reaches_the_agent(tmp_path: Path, exec_log: Path, gwc
             }
         ],
     }
-    with running_gateway(gwconf(pol), tmp_path) as gw:
+    with running_gateway(sqlite_gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             denied = await client.call_tool("delete_thing", {"name": "a", "force": True})
             assert denied.is_error
@@ -65,10 +65,10 @@ async def test_deny_reason_reaches_the_agent(tmp_path: Path, exec_log: Path, gwc
 
 
 async def test_refusal_keeps_structured_content_out_of_tools_with_an_output_schema(
-    tmp_path: Path, exec_log: Path, gwconf: Any
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
     pol = {"default": "allow", "rules": [{"tools": "weather", "action": "deny", "reason": "no weather"}]}
-    with running_gateway(gwconf(pol), tmp_path) as gw:
+    with running_gateway(sqlite_gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await client.list_tools()
             denied = await client.call_tool("weather", {"city": "Oslo"})  # the SDK validates output schemas
@@ -135,7 +135,9 @@ async def test_rate_limit_per_session_and_global(tmp_path: Path, exec_log: Path,
             assert (await b.call_tool("weather", {"city": "b"})).meta[DECISION]["reason"] == "rate_limited"
 
 
-async def test_bearer_tokens_and_identity_scoped_rules(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+async def test_bearer_tokens_and_identity_scoped_rules(
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
+) -> None:
     pol = {
         "default": "deny",
         "rules": [
@@ -150,7 +152,7 @@ async def test_bearer_tokens_and_identity_scoped_rules(tmp_path: Path, exec_log:
         "ci-agent": {"token_env": "CI_TOKEN", "groups": ["agents"]},
         "ops-bot": {"token_sha256": ops_hash, "groups": ["agents"]},
     }
-    config = gwconf(pol, identities=identities)
+    config = sqlite_gwconf(pol, identities=identities)
     with running_gateway(config, tmp_path, env={"CI_TOKEN": "ci-token-value"}) as gw:
         async with httpx2.AsyncClient() as http:
             body = {
@@ -189,10 +191,10 @@ async def test_bearer_tokens_and_identity_scoped_rules(tmp_path: Path, exec_log:
 
 
 async def test_a_session_cannot_be_used_with_another_identitys_token(
-    tmp_path: Path, exec_log: Path, gwconf: Any
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
     identities = {"a": {"token_env": "TOKEN_A"}, "b": {"token_env": "TOKEN_B"}}
-    config = gwconf(None, identities=identities)
+    config = sqlite_gwconf(None, identities=identities)
     with running_gateway(config, tmp_path, env={"TOKEN_A": "token-of-a", "TOKEN_B": "token-of-b"}) as gw:
         async with httpx2.AsyncClient() as http:
             headers = {"Accept": "application/json, text/event-stream", "Authorization": "Bearer token-of-a"}
@@ -204,10 +206,12 @@ async def test_a_session_cannot_be_used_with_another_identitys_token(
             assert r.status_code == 404  # as if the session did not exist
 
 
-async def test_policy_hot_reload_valid_then_invalid(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+async def test_policy_hot_reload_valid_then_invalid(
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
+) -> None:
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(yaml.safe_dump({"default": "allow"}))
-    with running_gateway(gwconf(str(policy_file)), tmp_path) as gw:
+    with running_gateway(sqlite_gwconf(str(policy_file)), tmp_path) as gw:
         changed = asyncio.Event()
 
         async def on_message(message: Any) -> None:
@@ -244,11 +248,13 @@ async def test_policy_hot_reload_valid_then_invalid(tmp_path: Path, exec_log: Pa
     assert "policy reload refused, the previous policy stays in force" in log and "rules.0.action" in log
 
 
-async def test_policylayer_policy_json_loads_unchanged(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+async def test_policylayer_policy_json_loads_unchanged(
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
+) -> None:
     pl = {"version": "1", "default": "deny", "hide": ["delete_thing"], "tools": {"echo": {}}}
     path = tmp_path / "policy.json"
     path.write_text(json.dumps(pl))
-    with running_gateway(gwconf(str(path)), tmp_path) as gw:
+    with running_gateway(sqlite_gwconf(str(path)), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "delete_thing" not in names and "echo" in names
@@ -259,7 +265,7 @@ async def test_policylayer_policy_json_loads_unchanged(tmp_path: Path, exec_log:
                 await client.call_tool("delete_thing", {"name": "x"})
 
 
-async def test_intercept_yaml_loads_unchanged(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+async def test_intercept_yaml_loads_unchanged(tmp_path: Path, exec_log: Path, sqlite_gwconf: Any) -> None:
     intercept = {
         "version": "1",
         "default": "deny",
@@ -278,7 +284,7 @@ async def test_intercept_yaml_loads_unchanged(tmp_path: Path, exec_log: Path, gw
     }
     path = tmp_path / "intercept.yaml"
     path.write_text(yaml.safe_dump(intercept))
-    with running_gateway(gwconf(str(path)), tmp_path) as gw:
+    with running_gateway(sqlite_gwconf(str(path)), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             assert not (await client.call_tool("echo", {"text": "1"})).is_error
             assert not (await client.call_tool("echo", {"text": "2"})).is_error
@@ -293,14 +299,16 @@ async def test_intercept_yaml_loads_unchanged(tmp_path: Path, exec_log: Path, gw
             assert (await client.call_tool("weather", {"city": "x"})).meta[DECISION]["reason"] == "denied"
 
 
-async def test_shadow_mode_records_but_enforces_nothing(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
+async def test_shadow_mode_records_but_enforces_nothing(
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
+) -> None:
     pol = {
         "mode": "shadow",
         "default": "allow",
         "hide": ["crash"],
         "rules": [{"name": "would deny", "tools": "delete_thing", "action": "deny", "reason": "not yet"}],
     }
-    with running_gateway(gwconf(pol), tmp_path) as gw:
+    with running_gateway(sqlite_gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             assert "crash" in {t.name for t in (await client.list_tools()).tools}
             assert not (await client.call_tool("delete_thing", {"name": "x"})).is_error
