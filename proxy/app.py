@@ -28,6 +28,7 @@ from proxy.bodylimit import ENVELOPE_BYTES, JsonBodyLimit
 from proxy.config import Config, ConfigError, SlackConfig
 from proxy.control import ControlServer
 from proxy.errors import StartupError
+from proxy.fastpath import LeanPath
 from proxy.gateway import Gateway
 from proxy.metrics import Metrics
 from proxy.naming import Names
@@ -150,6 +151,7 @@ class App:
             self.names,
             self.pipeline,
             is_hidden=self.policies.is_hidden,
+            would_hold=self.policies.would_hold,
             stdio_identity=self.identities.stdio,
             presence=self.presence,
         )
@@ -433,7 +435,16 @@ class App:
         watched = WatchResponses(
             JsonBodyLimit(starlette, body_limit), self.presence, json_response=listen.json_response
         )
-        return BearerAuth(watched, self.identities)
+        self.lean = LeanPath(
+            watched,
+            self.gateway,
+            self.metrics,
+            path=listen.path,
+            json_response=listen.json_response,
+            body_limit=body_limit,
+            loopback=listen.host in ("127.0.0.1", "localhost", "::1"),
+        )
+        return BearerAuth(self.lean, self.identities)
 
     def bind_http(self) -> socket.socket:
         """Open the agent-facing socket now, so a taken port fails at start with a clear message."""
