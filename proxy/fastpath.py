@@ -119,8 +119,8 @@ class LeanPath:
         params = message.get("params")
         if params is None:
             params = message["params"] = {}
-        if not isinstance(params, dict):
-            return False
+        if not isinstance(params, dict) or not isinstance(params.get("_meta", {}), dict):
+            return False  # the SDK names what is wrong with the request
         if message["method"] == "tools/list":
             return not down.capabilities and "progressToken" not in (params.get("_meta") or {})
         name, arguments = params.get("name"), params.get("arguments", {})
