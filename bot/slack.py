@@ -302,7 +302,9 @@ class SlackChannel:
             async with asyncio.timeout(ON_CALL_WAIT):
                 people = await self.host.directory.on_call(approval.approvers)
         except (PagerDutyError, TimeoutError) as e:
-            log.warning("approval %s: cannot say who is on call: %s", approval.id, str(e) or "PagerDuty is slow")
+            log.warning(
+                "approval %s: cannot say who is on call: %s", approval.id, str(e) or "PagerDuty is slow"
+            )
             return ["unknown (PagerDuty did not answer)"]
         if people is None:
             return None
