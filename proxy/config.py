@@ -164,7 +164,7 @@ class ApproverGroupConfig(_Model):
     usergroup: str | None = None
     pagerduty_schedule: str | None = None
     pagerduty_escalation_policy: str | None = None
-    on_call_only: bool | Literal["prefer"] | None = None
+    on_call_only: Literal[True, False, "prefer"] | None = None
 
     @model_validator(mode="after")
     def _someone(self) -> ApproverGroupConfig:

@@ -52,10 +52,8 @@ class Escalation:
 
     async def sweep(self) -> None:
         """Escalate every overdue request nobody has escalated yet (safe on every replica)."""
-        now = utcnow()
-        for approval_id, at in await self.store.escalations_waiting():
-            if at <= now:
-                await self.escalate(approval_id)
+        for approval_id, _ in await self.store.escalations_waiting(due_by=utcnow()):
+            await self.escalate(approval_id)
 
     def schedule(self, approval_id: str, at: datetime) -> None:
         self.scheduler.add_job(

@@ -417,17 +417,17 @@ class Store:
             await s.commit()
             return row
 
-    async def escalations_waiting(self) -> list[tuple[str, datetime]]:
-        """(id, escalate_at) of pending requests that will escalate and have not yet."""
+    async def escalations_waiting(self, due_by: datetime | None = None) -> list[tuple[str, datetime]]:
+        """(id, escalate_at) of pending requests that will escalate and have not yet (due by `due_by`)."""
         async with self.sessions() as s:
-            rows = await s.exec(
-                select(Approval.id, Approval.escalate_at).where(
-                    Approval.status == PENDING,
-                    col(Approval.escalate_at).is_not(None),
-                    col(Approval.escalated_at).is_(None),
-                )
+            q = select(Approval.id, Approval.escalate_at).where(
+                Approval.status == PENDING,
+                col(Approval.escalate_at).is_not(None),
+                col(Approval.escalated_at).is_(None),
             )
-            return [(r[0], r[1]) for r in rows.all() if r[1] is not None]
+            if due_by is not None:
+                q = q.where(col(Approval.escalate_at) <= due_by)
+            return [(r[0], r[1]) for r in (await s.exec(q)).all() if r[1] is not None]
 
     async def pending_ids(self) -> list[tuple[str, datetime]]:
         async with self.sessions() as s:

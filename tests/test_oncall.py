@@ -458,6 +458,8 @@ async def test_migration_2_adds_the_escalation_columns_to_an_older_database(db_u
         await store.open()
         await store.add_approval(_approval(1, escalate_channel="C0ESCALATE"))
         assert [i for i, _ in await store.escalations_waiting()] == ["apr_claim0001"]
+        assert [i for i, _ in await store.escalations_waiting(due_by=utcnow())] == ["apr_claim0001"]
+        assert await store.escalations_waiting(due_by=utcnow() - timedelta(minutes=1)) == []
         row = await store.claim_escalation("apr_claim0001", utcnow())
         assert row is not None and row.escalated_at is not None and row.escalate_channel == "C0ESCALATE"
         assert await store.claim_escalation("apr_claim0001", utcnow()) is None
@@ -496,9 +498,9 @@ def test_on_call_config_mistakes_are_named() -> None:
     ) == [
         "approvers.g.people: 'erin' has no `email` in `people`; PagerDuty's on-call users are matched by email"
     ]
-    assert "approvers.g.on_call_only" in " ".join(
-        _config_errors({"g": {"people": ["alice"], "pagerduty_schedule": "P1", "on_call_only": "maybe"}})
-    )
+    assert _config_errors(
+        {"g": {"people": ["alice"], "pagerduty_schedule": "P1", "on_call_only": "maybe"}}
+    ) == ["approvers.g.on_call_only: Input should be True, False or 'prefer'"]
     ok = {"g": {"people": ["alice"], "pagerduty_schedule": "P1", "on_call_only": "prefer"}}
     config = parse_config(
         {
