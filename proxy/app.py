@@ -33,6 +33,7 @@ from proxy.gateway import Gateway
 from proxy.metrics import Metrics
 from proxy.naming import Names
 from proxy.notify import PgListener
+from proxy.pagerduty import PagerDuty
 from proxy.people import People, Person
 from proxy.pipeline import Pipeline
 from proxy.policies import PolicySet
@@ -112,7 +113,8 @@ class App:
             if config.audit.enabled
             else None
         )
-        self.directory = ApproverDirectory(config.approvers)
+        self.pagerduty = _pagerduty(config)
+        self.directory = ApproverDirectory(config.approvers, self.people, self.pagerduty)
         self.control = ControlServer(
             config.control.host, config.control.port, self.readiness, self.render_metrics
         )
@@ -128,6 +130,8 @@ class App:
             replica=self.replica,
             progress_interval=config.approvals.progress_interval,
             on_event=self.audit_event,
+            pagerduty=self.pagerduty,
+            page_url=self.page_url(),
         )
         limiter = DatabaseRateLimiter(self.store) if self.store.is_postgres else MemoryRateLimiter()
         self.listener = (
@@ -335,6 +339,8 @@ class App:
         with contextlib.suppress(Exception):
             await self.store.forget_instance(self.instance)
         await self.store.close()
+        if self.pagerduty is not None:
+            await self.pagerduty.close()
 
     async def _housekeeping(self) -> None:
         """Heartbeat, sweep overdue/orphaned approvals, and (SQLite) poll for decisions made elsewhere."""
@@ -505,6 +511,14 @@ class App:
             self.metrics.upstream_restarts.labels(name).set(up.shared.restarts)
         self.metrics.pending_approvals.set(len(self.broker.held))
         return self.metrics.render()
+
+
+def _pagerduty(config: Config) -> PagerDuty | None:
+    """The PagerDuty client when configured; its secrets come from the environment (unset: ConfigError)."""
+    cfg = config.pagerduty
+    if cfg is None:
+        return None
+    return PagerDuty(cfg, cfg.api_token(), cfg.routing_key())
 
 
 def admin_token_path(config: Config) -> Path | None:

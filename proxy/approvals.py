@@ -23,7 +23,10 @@ import orjson
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from proxy.approvers import Allowed, Refused
 from proxy.calls import ToolCall
+from proxy.escalation import Escalation
+from proxy.pagerduty import PagerDuty
 from proxy.people import Person
 from proxy.policy import ApprovalSpec, Decision
 from proxy.redact import display_mask
@@ -56,10 +59,14 @@ class ApprovalChannel(Protocol):
         """Report what happened when an approved call ran."""
         ...
 
+    async def escalate(self, approval: Approval) -> None:
+        """Nobody decided in time: re-post the request where its `escalate_to` says (or just note it)."""
+        ...
+
 
 class Approvers(Protocol):
-    async def is_approver(self, group: str | None, person: Person) -> bool:
-        """Whether `person` may decide requests of approver group `group` (None: anyone who sees it)."""
+    async def check(self, group: str | None, person: Person) -> Allowed | Refused:
+        """Whether `person` may decide requests of approver group `group` now (None: anyone who sees it)."""
         ...
 
 
@@ -130,6 +137,8 @@ class Broker:
         replica: str,
         progress_interval: float = 5.0,
         on_event: Callable[[str, Approval, str, str | None], None] | None = None,
+        pagerduty: PagerDuty | None = None,
+        page_url: str = "",
     ) -> None:
         self.store = store
         self.channel = channel
@@ -145,6 +154,7 @@ class Broker:
         self.scheduler = AsyncIOScheduler(job_defaults={"misfire_grace_time": None, "coalesce": True})
         self._poll_since = utcnow()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.escalation = Escalation(store, channel, pagerduty, page_url, self.scheduler, self._background)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -154,6 +164,7 @@ class Broker:
         await self.sweep(live_instances)
         for approval_id, expires_at in await self.store.pending_ids():
             self._schedule_expiry(approval_id, expires_at)
+        await self.escalation.start()
 
     async def stop(self) -> None:
         if self.scheduler.running:
@@ -171,6 +182,7 @@ class Broker:
         )
         for approval_id in orphans:
             await self._finished_id(approval_id)
+        await self.escalation.sweep()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -206,10 +218,13 @@ class Broker:
             holder=self.instance if spec.mode == "hold" else "",
             replica=self.replica,
         )
+        _plan_escalation(approval, spec)
         await self.store.add_approval(approval)
         if spec.mode == "hold":
             self.held[approval.id] = HeldCall(approval, call.id)
         self._schedule_expiry(approval.id, approval.expires_at)
+        if approval.escalate_at is not None:
+            self.escalation.schedule(approval.id, approval.escalate_at)
         try:
             ref = await self.channel.post(approval)
         except Exception as e:
@@ -286,14 +301,10 @@ class Broker:
         if approval.status != PENDING:
             self._event("late_click", approval, user, approval.status)
             return ClickResult(False, approval.status, already_decided(approval))
-        if not await self.approvers.is_approver(approval.approvers, person):
-            self._event("refused_click", approval, user, "not an approver")
-            return ClickResult(
-                False,
-                PENDING,
-                f"You ({user}) are not an approver for this request (approver group: {approval.approvers}).",
-                refused=True,
-            )
+        verdict = await self.approvers.check(approval.approvers, person)
+        if isinstance(verdict, Refused):
+            self._event("refused_click", approval, user, verdict.short)
+            return ClickResult(False, PENDING, verdict.why, refused=True)
         if not approval.allow_self_approval and person.is_(approval.acts_for):
             self._event("refused_click", approval, user, "self-approval")
             return ClickResult(
@@ -417,8 +428,9 @@ class Broker:
     # -- internals ---------------------------------------------------------------------------
 
     async def _finished(self, row: Approval, voters: list[str] | None = None) -> None:
-        """We won the decision: wake the waiter, stop the timer, rewrite the message."""
+        """We won the decision: wake the waiter, stop the timers, rewrite the message."""
         self._unschedule(row.id)
+        self.escalation.ended(row)
         held = self.held.get(row.id)
         if held is not None:
             held.settle(row.status, row)
@@ -450,10 +462,21 @@ class Broker:
     def _unschedule(self, approval_id: str) -> None:
         with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(approval_id)
+        self.escalation.unschedule(approval_id)
 
     def _event(self, event: str, approval: Approval, user: str, detail: str | None) -> None:
         if self.on_event is not None:
             self.on_event(event, approval, user, detail)
+
+
+def _plan_escalation(approval: Approval, spec: ApprovalSpec) -> None:
+    """When (and where) the request escalates if still undecided; stored with it for every replica."""
+    if spec.escalate_after is None:
+        return
+    approval.escalate_at = approval.created_at + timedelta(seconds=spec.escalate_after)
+    if spec.escalate_to is not None:
+        approval.escalate_channel = spec.escalate_to.channel
+        approval.escalate_usergroup = spec.escalate_to.usergroup
 
 
 def already_decided(approval: Approval) -> str:

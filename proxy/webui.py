@@ -49,6 +49,9 @@ class WebChannel:
     async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
         log.info("approval %s ran: %s", approval.id, outcome)
 
+    async def escalate(self, approval: Approval) -> None:
+        log.warning("approval %s: still undecided; escalated — decide at %s", approval.id, self.page_url)
+
 
 def approval_json(a: Approval, voters: list[str] | None = None) -> dict[str, Any]:
     """The API's view of an approval: every argument as it will run, secrets masked where they stand."""
