@@ -33,14 +33,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot import blocks
+from bot.slack_config import SlackConfig
 from proxy.approvals import ClickResult
 from proxy.approvers import NOT_AN_APPROVER, Refused
-from proxy.config import SlackConfig
 from proxy.pagerduty import PagerDutyError
 from proxy.store import PENDING, Approval, utcnow
 
 if TYPE_CHECKING:
-    from proxy.app import ChannelHost
+    from proxy.channels import ChannelHost
 
 log = logging.getLogger("signoff.slack")
 

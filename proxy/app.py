@@ -11,21 +11,19 @@ import re
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from aiohttp import web
 
-from proxy.approvals import AGENT_GONE, GATEWAY_STOPPED, ApprovalChannel, Broker, ClickResult
+from proxy import channels
+from proxy.approvals import AGENT_GONE, GATEWAY_STOPPED, Broker
 from proxy.approvers import ApproverDirectory
 from proxy.audit import AuditLog
 from proxy.auth import BearerAuth, IdentityTable
 from proxy.bodylimit import ENVELOPE_BYTES, JsonBodyLimit
-from proxy.config import Config, ConfigError, SlackConfig
+from proxy.channels import ChannelHost, Fanout
+from proxy.config import Config, ConfigError
 from proxy.control import ControlServer
 from proxy.errors import StartupError
 from proxy.fastpath import LeanPath
@@ -34,7 +32,7 @@ from proxy.metrics import Metrics
 from proxy.naming import Names
 from proxy.notify import PgListener
 from proxy.pagerduty import PagerDuty
-from proxy.people import People, Person
+from proxy.people import People
 from proxy.pipeline import Pipeline
 from proxy.policies import PolicySet
 from proxy.presence import Presence, WatchResponses
@@ -51,29 +49,6 @@ from proxy.upstreams import Upstream
 from proxy.webui import ApprovalsApi, WebChannel
 
 log = logging.getLogger("signoff")
-
-
-@dataclass
-class ChannelHost:
-    """What an approval-channel plugin (such as the Slack bot) gets from the gateway."""
-
-    decide: Callable[[str, bool, Person, str | None], Awaitable[ClickResult]]
-    directory: ApproverDirectory
-    people: People
-    control_app: web.Application
-    store: Store
-    metrics: Metrics
-    audit_event: Callable[[str, Approval, str, str | None], None]
-
-
-def load_channel_plugin(name: str) -> Callable[[Any, ChannelHost], Any]:
-    """Find an approval channel by entry point (group `signoff.channels`); `proxy` never imports `bot`."""
-    for ep in entry_points(group="signoff.channels"):
-        if ep.name == name:
-            return ep.load()
-    raise StartupError(
-        f"no approval channel plugin named {name!r} is installed (entry point signoff.channels)"
-    )
 
 
 class _Uvicorn(uvicorn.Server):
@@ -119,9 +94,7 @@ class App:
             config.control.host, config.control.port, self.readiness, self.render_metrics
         )
         self.admin_token = config.control.admin_token or self._shared_admin_token()
-        self.channel: ApprovalChannel = WebChannel(self.page_url())
-        if config.slack is not None:
-            self.channel = self._slack_channel(config.slack)
+        self.channel = Fanout([WebChannel(self.page_url()), *self._plugin_channels(config)])
         self.broker = Broker(
             self.store,
             self.channel,
@@ -225,8 +198,8 @@ class App:
             config.oidc.redirect_url or f"{base}/auth/oidc/callback",
         )
 
-    def _slack_channel(self, cfg: SlackConfig) -> ApprovalChannel:
-        factory = load_channel_plugin("slack")
+    def _plugin_channels(self, config: Config) -> list[Any]:
+        """Every configured channel plugin (Slack, a webhook, …), each with its own validated section."""
         host = ChannelHost(
             decide=lambda *a: self.broker.decide(*a),
             directory=self.directory,
@@ -235,11 +208,18 @@ class App:
             store=self.store,
             metrics=self.metrics,
             audit_event=self.audit_event,
+            page_url=self.page_url(),
         )
-        try:
-            return factory(cfg, host)
-        except Exception as e:
-            raise StartupError(f"the Slack channel could not be set up: {e}") from e
+        found = []
+        for name, section in channels.configured(config.model_dump(include={"slack", "channels"})).items():
+            model, errors = channels.validate(name, section)
+            if model is None:
+                raise ConfigError(errors)
+            try:
+                found.append(channels.create(name, model, host))
+            except Exception as e:
+                raise StartupError(f"the {name} channel could not be set up: {e}") from e
+        return found
 
     def page_url(self) -> str:
         base = self.config.control.public_url or f"http://{self.config.control.host}:{self.control.port}"
@@ -265,13 +245,11 @@ class App:
         if self.listener is not None:
             self.listener.start()
         await self._open_control_port()
-        # The channel first: recovering approvals at start rewrites their messages.
-        start = getattr(self.channel, "start", None)
-        if start is not None:
-            try:
-                await start()
-            except Exception as e:
-                raise StartupError(f"the approval channel could not start: {e}") from e
+        # The channels first: recovering approvals at start rewrites their messages.
+        try:
+            await self.channel.start()
+        except Exception as e:
+            raise StartupError(f"the approval channel could not start: {e}") from e
         await self.broker.start(await self.live_instances())
         if self.audit is not None:
             self.audit.start()
@@ -326,10 +304,7 @@ class App:
         await self.broker.stop()
         if self.listener is not None:
             await self.listener.stop()
-        stop = getattr(self.channel, "stop", None)
-        if stop is not None:
-            with contextlib.suppress(Exception):
-                await stop()
+        await self.channel.stop()
         await self.policies.stop()
         if self.audit is not None:
             await self.audit.stop()

@@ -25,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from proxy.approvers import Allowed, Refused
 from proxy.calls import ToolCall
+from proxy.channels import ApprovalChannel
 from proxy.escalation import Escalation
 from proxy.pagerduty import PagerDuty
 from proxy.people import Person
@@ -38,30 +39,6 @@ log = logging.getLogger("signoff.approvals")
 AGENT_CANCELLED = "the agent cancelled the call"
 AGENT_GONE = "the agent went away"
 GATEWAY_STOPPED = "the gateway shut down"
-
-
-class ApprovalChannel(Protocol):
-    """Where approval requests are shown to humans (Slack, the approvals page, …)."""
-
-    def where(self, approval: Approval) -> str:
-        """Where the request waits, for progress messages: `in #ops`, `on the approvals page`."""
-        ...
-
-    async def post(self, approval: Approval) -> tuple[str, str] | None:
-        """Show a new request; returns (channel, message id) for later updates. Raises if it cannot."""
-        ...
-
-    async def update(self, approval: Approval, voters: list[str]) -> None:
-        """Re-render a request after a vote or its final decision."""
-        ...
-
-    async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
-        """Report what happened when an approved call ran."""
-        ...
-
-    async def escalate(self, approval: Approval) -> None:
-        """Nobody decided in time: re-post the request where its `escalate_to` says (or just note it)."""
-        ...
 
 
 class Approvers(Protocol):

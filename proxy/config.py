@@ -235,26 +235,6 @@ def _from_env(field: str, name: str | None, env: Mapping[str, str] | None) -> st
     return value
 
 
-class SlackConfig(_Model):
-    bot_token: str
-    app_token: str | None = None
-    signing_secret: str | None = None
-    channel: str
-    mode: Literal["socket", "http"] = "socket"
-    api_url: str | None = None  # tests only: a fake Web API on 127.0.0.1
-    # Added for the Slack bot (issue 5): how long posting a request may take, retries included,
-    # before the call fails closed with approval_unavailable.
-    post_timeout: Duration = 10.0
-
-    @model_validator(mode="after")
-    def _mode_needs(self) -> SlackConfig:
-        if self.mode == "socket" and not self.app_token:
-            raise ValueError("socket mode needs `app_token` (xapp-…, with connections:write)")
-        if self.mode == "http" and not self.signing_secret:
-            raise ValueError("http mode needs `signing_secret` to verify Slack's requests")
-        return self
-
-
 class OidcConfig(_Model):
     """Single sign-on for the approvals page: an OpenID provider whose `claim` names the person."""
 
@@ -333,7 +313,9 @@ class Config(_Model):
     control: ControlConfig = Field(default_factory=ControlConfig)
     database_url: str = "sqlite+aiosqlite:///signoff.db"
     policy: str | dict[str, Any] | None = None
-    slack: SlackConfig | None = None
+    # Approval channels (plugins, `proxy.channels`): each section is checked by its plugin's own model.
+    slack: dict[str, Any] | None = None
+    channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     identities: dict[str, IdentityConfig] = Field(default_factory=dict)
     stdio_identity: str | None = None
     people: dict[str, PersonConfig] = Field(default_factory=dict)
@@ -491,11 +473,22 @@ def parse_config(data: Any, base_dir: Path = Path("."), env: dict[str, str] | No
         errors.extend(format_validation_error(e))
         raise ConfigError(errors) from None
     errors += _cross_references(config)
+    errors += _channel_errors(config)
     if errors:
         raise ConfigError(errors)
     config.base_dir = base_dir
     config.database_url = _anchor_sqlite(config.database_url, base_dir)
     return config
+
+
+def _channel_errors(config: Config) -> list[str]:
+    """Each channel section, checked by its plugin (so a typo in `slack:` is refused at start)."""
+    from proxy import channels
+
+    errors: list[str] = []
+    for name, section in channels.configured(config.model_dump(include={"slack", "channels"})).items():
+        errors += channels.validate(name, section)[1]
+    return errors
 
 
 def _cross_references(config: Config) -> list[str]:
