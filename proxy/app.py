@@ -55,13 +55,17 @@ log = logging.getLogger("signoff")
 class ChannelHost:
     """What an approval-channel plugin (such as the Slack bot) gets from the gateway."""
 
-    decide: Callable[[str, bool, Person, str | None], Awaitable[ClickResult]]
+    # (approval id, approve, person, reason, *, grant_for=None, arguments=None)
+    decide: Callable[..., Awaitable[ClickResult]]
     directory: ApproverDirectory
     people: People
     control_app: web.Application
     store: Store
     metrics: Metrics
-    audit_event: Callable[[str, Approval, str, str | None], None]
+    audit_event: Callable[..., None]
+    # Approving for a while and editing: (grant id, person), and (approval id, arguments, person).
+    revoke_grant: Callable[[str, Person], Awaitable[ClickResult]] | None = None
+    check_edit: Callable[[str, Any, Person], Awaitable[str | None]] | None = None
 
 
 def load_channel_plugin(name: str) -> Callable[[Any, ChannelHost], Any]:
@@ -222,13 +226,15 @@ class App:
     def _slack_channel(self, cfg: SlackConfig) -> ApprovalChannel:
         factory = load_channel_plugin("slack")
         host = ChannelHost(
-            decide=lambda *a: self.broker.decide(*a),
+            decide=lambda *a, **k: self.broker.decide(*a, **k),
             directory=self.directory,
             people=self.people,
             control_app=self.control.app,
             store=self.store,
             metrics=self.metrics,
             audit_event=self.audit_event,
+            revoke_grant=lambda *a: self.broker.revoke_grant(*a),
+            check_edit=lambda *a: self.broker.check_edit(*a),
         )
         try:
             return factory(cfg, host)
@@ -381,8 +387,18 @@ class App:
     def _policy_changed(self) -> None:
         self.gateway._background(self.gateway.notify_tools_changed())
 
-    def audit_event(self, event: str, approval: Approval, user: str, detail: str | None) -> None:
-        """Audit a click that changed nothing (not an approver, self-approval, too late)."""
+    def audit_event(
+        self,
+        event: str,
+        approval: Approval,
+        user: str,
+        detail: str | None,
+        *,
+        outcome: str = "ignored",
+        grant_id: str | None = None,
+    ) -> None:
+        """Audit a click that changed nothing (not an approver, self-approval, too late), or a grant's
+        creation and revocation (`outcome` granted / revoked)."""
         if self.audit is None:
             return
         self.audit.record(
@@ -398,9 +414,10 @@ class App:
             approval_id=approval.id,
             approvers=user,
             reason=detail,
-            outcome="ignored",
+            outcome=outcome,
             replica=self.replica,
             policy_revision=approval.policy_revision,
+            grant_id=grant_id,
         )
 
     def install_signal_handlers(self) -> None:

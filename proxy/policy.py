@@ -18,7 +18,8 @@ Native format (YAML or JSON; unknown keys are errors so typos never pass silentl
           - {path: "$.spec.replicas", op: lte, value: 3}
         action: require_approval           # allow | deny | require_approval | rate_limit
         reason: "shown to the agent when the call is refused"
-        approval: {approvers: oncall, channel: C0123, timeout: 10m, quorum: 2, mode: hold}
+        approval: {approvers: oncall, channel: C0123, timeout: 10m, quorum: 2, mode: hold,
+                   grant: {max: 1h, same: [endpoint_id], offer: [30m, 1h]}}   # approve for a while
         rate_limit: {max: 10, window: 1m, per: identity}   # per: identity | session | global
 
 Semantics:
@@ -33,6 +34,9 @@ Semantics:
   own ``rate_limit:`` is added too. Nothing terminal matches: ``default`` decides (rule ``(default)``).
 * A ``deny`` decision never carries rate limits (a refused call consumes no quota).
 * ``require_approval`` fields missing on the rule come from ``approval_defaults``.
+* ``approval.grant`` lets approvers "approve for a while": each duration in ``offer`` (default ``[max]``,
+  none longer than ``max``) becomes a button; later calls by the same identity to the same tool whose
+  ``same`` argument paths hold the same values then run without asking until the grant ends.
 
 Conditions: ``path`` points into the call's arguments: ``a.b[0].c``, ``$.a.b`` and PolicyLayer's
 ``args.a.b`` (write ``$.args.x`` for an argument literally named "args"); ``["a.b"]`` quotes a key.
@@ -95,6 +99,15 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantSpec:
+    """Approving for a while: the longest grant, the durations offered, the arguments that must match."""
+
+    max: float  # seconds
+    same: tuple[str, ...]  # argument paths whose values a later call must repeat exactly
+    offer: tuple[float, ...]  # durations offered to approvers (seconds, each <= max), shortest first
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalSpec:
     """Who must approve, where, and how long the call may wait."""
 
@@ -104,6 +117,7 @@ class ApprovalSpec:
     quorum: int
     mode: ApprovalMode
     allow_self_approval: bool
+    grant: GrantSpec | None = None  # None: approvers can only approve the one call
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +310,33 @@ class ConditionModel(_Model):
         return value
 
 
+class GrantModel(_Model):
+    max: Duration
+    same: Annotated[list[NonEmptyStr], BeforeValidator(_as_list)]
+    offer: Annotated[list[Duration], Field(min_length=1)] | None = None
+
+    @field_validator("same")
+    @classmethod
+    def _check_paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            parse_path(path)
+        return paths
+
+    @field_validator("offer")
+    @classmethod
+    def _offers_within_max(cls, offer: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        longest = info.data.get("max")
+        if offer is not None and longest is not None:
+            over = [o for o in offer if o > longest]
+            if over:
+                raise ValueError(f"{over[0]:g}s is longer than max ({longest:g}s)")
+        return offer
+
+    def spec(self) -> GrantSpec:
+        offer = sorted(set(self.offer)) if self.offer else [self.max]
+        return GrantSpec(max=self.max, same=tuple(self.same), offer=tuple(offer))
+
+
 class ApprovalModel(_Model):
     approvers: NonEmptyStr | None = None
     channel: NonEmptyStr | None = None
@@ -303,6 +344,7 @@ class ApprovalModel(_Model):
     quorum: Quorum | None = None
     mode: ApprovalMode | None = None
     allow_self_approval: StrictBool | None = None
+    grant: GrantModel | None = None
 
 
 class ApprovalDefaultsModel(_Model):
@@ -312,6 +354,7 @@ class ApprovalDefaultsModel(_Model):
     quorum: Quorum = DEFAULT_APPROVAL.quorum
     mode: ApprovalMode = DEFAULT_APPROVAL.mode
     allow_self_approval: StrictBool = DEFAULT_APPROVAL.allow_self_approval
+    grant: GrantModel | None = None
 
 
 class RateLimitModel(_Model):
@@ -360,7 +403,7 @@ class PolicyModel(_Model):
 _KNOWN_FIELDS = sorted(
     {
         name
-        for model in (ConditionModel, ApprovalModel, RateLimitModel, RuleModel, PolicyModel)
+        for model in (ConditionModel, ApprovalModel, GrantModel, RateLimitModel, RuleModel, PolicyModel)
         for name in model.model_fields
     }
 )
@@ -415,6 +458,11 @@ def _duplicate_name_errors(raw_rules: Any) -> list[str]:
     return errors
 
 
+def _approval_spec(defaults: ApprovalDefaultsModel) -> ApprovalSpec:
+    fields = defaults.model_dump(exclude={"grant"})
+    return ApprovalSpec(**fields, grant=defaults.grant.spec() if defaults.grant else None)
+
+
 def native_spec(data: Mapping[str, Any]) -> PolicySpec:
     """Validate a native policy and normalise it; raise PolicyError listing every problem."""
     errors = _duplicate_name_errors(data.get("rules"))
@@ -425,13 +473,17 @@ def native_spec(data: Mapping[str, Any]) -> PolicySpec:
     if errors:
         raise PolicyError(errors)
 
-    defaults = ApprovalSpec(**model.approval_defaults.model_dump())
+    defaults = _approval_spec(model.approval_defaults)
     rules = []
     for index, rule in enumerate(model.rules):
         name = rule.name or f"rules[{index}]"
         approval = None
         if rule.action == "require_approval":
-            overrides = rule.approval.model_dump(exclude_none=True) if rule.approval else {}
+            overrides: dict[str, Any] = {}
+            if rule.approval is not None:
+                overrides = rule.approval.model_dump(exclude_none=True, exclude={"grant"})
+                if rule.approval.grant is not None:
+                    overrides["grant"] = rule.approval.grant.spec()
             approval = replace(defaults, **overrides)
         limit = None
         if rule.rate_limit is not None:
@@ -611,6 +663,15 @@ class _Rule:
         return bool(groups) and not self.groups.isdisjoint(groups)
 
 
+def _approval_document(approval: ApprovalSpec | None) -> dict[str, Any] | None:
+    if approval is None:
+        return None
+    document = asdict(approval)
+    if approval.grant is None:
+        del document["grant"]  # so policies without grants keep the revision they had before grants
+    return document
+
+
 def _canonical(spec: PolicySpec) -> str:
     def conditions(items: tuple[ConditionSpec, ...]) -> list[Any]:
         return [[c.path, c.op, c.value] for c in items]
@@ -625,7 +686,7 @@ def _canonical(spec: PolicySpec) -> str:
             "when": conditions(r.when),
             "unless": conditions(r.unless),
             "reason": r.reason,
-            "approval": asdict(r.approval) if r.approval else None,
+            "approval": _approval_document(r.approval),
             "rate_limit": asdict(r.rate_limit) if r.rate_limit else None,
         }
         for r in spec.rules
@@ -635,7 +696,7 @@ def _canonical(spec: PolicySpec) -> str:
         "default": spec.default,
         "default_rule": spec.default_rule,
         "default_reason": spec.default_reason,
-        "default_approval": asdict(spec.default_approval) if spec.default_approval else None,
+        "default_approval": _approval_document(spec.default_approval),
         "hide": sorted(set(spec.hide)),
         "rules": rules,
     }
