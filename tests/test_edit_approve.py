@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 from mcp import Client
+from playwright.async_api import Dialog, Page, expect
 
 from bot import blocks
 from tests.conftest import DECISION, Admin, executions, person_token
@@ -36,6 +37,7 @@ from tests.test_slack import (
     wait_message,
 )
 from tests.test_slack import config as slack_config
+from tests.test_webpage import browser, page  # noqa: F401 (headless Chromium and a page in it)
 
 
 def sha256(arguments: dict[str, Any]) -> str:
@@ -201,3 +203,44 @@ async def test_edit_and_approve_in_slack(fake: FakeSlack, tmp_path: Path, exec_l
         assert sha256({"name": "db-1"}) in all_text(final)
         assert sha256({"name": "db-1-old", "force": True}) in all_text(final)
     assert [e["args"] for e in executions(exec_log, "delete_thing")] == [{"name": "db-1-old", "force": True}]
+
+
+@pytest.mark.browser
+async def test_the_page_edits_and_approves(
+    tmp_path: Path,
+    exec_log: Path,
+    sqlite_gwconf: Any,
+    page: Page,  # noqa: F811
+) -> None:
+    async def confirm(dialog: Dialog) -> None:
+        await dialog.accept()
+
+    page.on("dialog", confirm)
+    with running_gateway(sqlite_gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
+        async with Client(gw.mcp_url, mode="legacy") as client:
+            call = asyncio.create_task(delete(client, "db1"))
+            await Admin(gw.control_url).pending()
+            await page.goto(f"{gw.control_url}/approvals#signin={person_token('bob')}")
+            card = page.locator("#pending article.card")
+            await card.get_by_role("button", name="Edit arguments").click()
+            editor = card.get_by_label("edited arguments for delete_thing")
+            assert json.loads(await editor.input_value()) == {"name": "db1"}
+
+            await editor.fill('{"name": 7}')
+            await card.get_by_role("button", name="Approve edited arguments").click()
+            await expect(page.locator("#banner")).to_contain_text(
+                "Edit refused: the edited arguments do not fit"
+            )
+            assert not call.done() and executions(exec_log) == []
+
+            await editor.fill('{"name": "db1-b"}')
+            await card.get_by_role("button", name="Approve edited arguments").click()
+            await expect(page.locator("#banner")).to_contain_text(
+                "Approved with edited arguments (changed: name)"
+            )
+            result = await call
+        assert result.content[0].text == "deleted db1-b"
+        row = page.locator("#decided tr").filter(has_text="executed")
+        await expect(row).to_contain_text(f"edited: sha256 {sha256({'name': 'db1'})[:12]}")
+        await expect(row).to_contain_text("(changed name)")
+    assert [e["args"] for e in executions(exec_log, "delete_thing")] == [{"name": "db1-b", "force": False}]

@@ -17,6 +17,7 @@ from typing import Any
 import httpx2
 import pytest
 from mcp import Client
+from playwright.async_api import Dialog, Page, expect
 
 from bot import blocks
 from tests.conftest import Admin, executions, person_token
@@ -34,6 +35,7 @@ from tests.test_slack import (
     wait_message,
 )
 from tests.test_slack import config as slack_config
+from tests.test_webpage import browser, page  # noqa: F401 (headless Chromium and a page in it)
 
 
 def granting(grant: dict[str, Any], **approval: Any) -> dict[str, Any]:
@@ -240,6 +242,45 @@ async def test_cli_approves_for_a_while_then_lists_and_revokes_grants(
         assert [(r["approvers"], r["reason"]) for r in refusals] == [
             ("dave", "not an approver (revoke grant)")
         ]
+    assert len(executions(exec_log, "delete_thing")) == 2
+
+
+@pytest.mark.browser
+async def test_the_page_approves_for_a_while_lists_the_grant_and_revokes_it(
+    tmp_path: Path,
+    exec_log: Path,
+    sqlite_gwconf: Any,
+    page: Page,  # noqa: F811
+) -> None:
+    async def confirm(dialog: Dialog) -> None:
+        await dialog.accept()  # delete_thing is destructive: the page asks first
+
+    page.on("dialog", confirm)
+    with running_gateway(sqlite_gwconf(policy(FOR_A_WHILE), approvers=APPROVERS), tmp_path) as gw:
+        admin = Admin(gw.control_url)
+        async with Client(gw.mcp_url, mode="legacy") as client:
+            call = asyncio.create_task(delete(client, "db1"))
+            await admin.pending()
+            await page.goto(f"{gw.control_url}/approvals#signin={person_token('alice')}")
+            card = page.locator("#pending article.card")
+            await expect(card).to_contain_text("later calls of delete_thing by anonymous with the same name")
+            await card.get_by_role("button", name="Approve for 30 min").click()
+            await expect(page.locator("#banner")).to_contain_text("granted a while (grant gr_")
+            assert not (await call).is_error
+
+            live = page.locator("#grants tr").filter(has_text="live")
+            await expect(live).to_have_count(1)
+            await expect(live).to_contain_text('delete_thing by anonymous with name = "db1"')
+            await expect(live).to_contain_text("alice")
+            assert not (await delete(client, "db1")).is_error  # covered
+
+            await live.get_by_role("button", name="Revoke").click()
+            await expect(page.locator("#banner")).to_contain_text("revoked")
+            await expect(page.locator("#grants tr").filter(has_text="revoked by alice")).to_have_count(1)
+            call = asyncio.create_task(delete(client, "db1"))
+            [asked] = await admin.pending()
+            assert (await admin.decide(asked["id"], "deny", "bob", "asked again"))[0] == 200
+            assert (await call).is_error
     assert len(executions(exec_log, "delete_thing")) == 2
 
 
