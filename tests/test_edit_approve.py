@@ -244,3 +244,34 @@ async def test_the_page_edits_and_approves(
         await expect(row).to_contain_text(f"edited: sha256 {sha256({'name': 'db1'})[:12]}")
         await expect(row).to_contain_text("(changed name)")
     assert [e["args"] for e in executions(exec_log, "delete_thing")] == [{"name": "db1-b", "force": False}]
+
+
+async def test_pending_mode_runs_the_edited_call_once_then_the_grant_covers_the_rest(
+    tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
+) -> None:
+    rule = {
+        **HOLD,
+        "approval": {
+            "approvers": "oncall",
+            "mode": "pending",
+            "grant": {"max": "1h", "same": ["name"], "offer": ["30m"]},
+        },
+    }
+    with running_gateway(sqlite_gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
+        admin = Admin(gw.control_url)
+        async with Client(gw.mcp_url, mode="legacy") as client:
+            asked = await delete(client, "db1")
+            assert asked.is_error and asked.meta[DECISION]["reason"] == "approval_pending"
+            edit = {"name": "db1", "force": True}
+            extra = {"for": "30m", "arguments": edit}
+            status, body = await approve(gw.control_url, asked.meta[DECISION]["approvalId"], "alice", **extra)
+            assert status == 200 and "changed: force" in body["message"] and "grant gr_" in body["message"]
+            again = await delete(client, "db1")  # the call-again runs the approved, edited call
+            assert again.meta[DECISION]["edited"]["changed"] == ["force"]
+            later = await delete(client, "db1")  # then the grant covers calls with the same name
+            assert not later.is_error and DECISION not in (later.meta or {})
+            assert (
+                len(await admin.audit_for(lambda r: r["grantId"] is not None and r["outcome"] == "ok")) == 1
+            )
+    ran = [e["args"] for e in executions(exec_log, "delete_thing")]
+    assert ran == [{"name": "db1", "force": True}, {"name": "db1", "force": False}]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,11 @@ import httpx2
 import pytest
 from mcp import Client
 from playwright.async_api import Dialog, Page, expect
+from sqlalchemy import text
+from sqlmodel import SQLModel
 
 from bot import blocks
+from proxy.store import MIGRATIONS, Approval, Grant, Store, utcnow
 from tests.conftest import Admin, executions, person_token
 from tests.fakeslack import SIGNING_SECRET, FakeSlack, block_action_payload, post_signed
 from tests.procs import ROOT, SIGNOFF, running_gateway
@@ -359,3 +362,86 @@ async def test_revoking_in_slack_stops_the_next_call_on_the_other_replica(
         await press(a.control_url, "U_BOB", deny, second_channel, second_ts)
         assert (await call).is_error
     assert len(executions(exec_log, "delete_thing")) == 3
+
+
+# -- the schema ------------------------------------------------------------------------------------
+
+ADDED_IN_3 = [
+    ("approval", "input_schema"),
+    ("approval", "identity_groups"),
+    ("approval", "grant_offer"),
+    ("approval", "grant_id"),
+    ("approval", "edited_arguments"),
+    ("approval", "edited_hash"),
+    ("approval", "edited_paths"),
+    ("vote", "grant_for"),
+    ("audit", "grant_id"),
+    ("audit", "edited_hash"),
+]
+
+
+async def test_migration_3_brings_an_older_database_up_to_grants_and_edits(db_url: str) -> None:
+    store = Store(db_url)
+    await store.open()
+    try:
+        # A database as it was before version 3: no grant table, none of the columns 3 adds.
+        async with store.engine.begin() as conn:
+            await conn.execute(text('DROP TABLE "grant"'))
+            for table, column in ADDED_IN_3:
+                await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        async with store.engine.begin() as conn:
+            for statement in dict(MIGRATIONS)[3]:
+                await conn.execute(text(statement))
+            await conn.run_sync(SQLModel.metadata.create_all)  # what `Store.open` does for new tables
+
+        now = utcnow()
+        edited = {"name": 'db\u2028"2"', "n": 1.5}
+        row = Approval(
+            id="apr_1",
+            identity="agent",
+            tool="delete_thing",
+            args_hash="h",
+            expires_at=now,
+            input_schema={"type": "object"},
+            identity_groups=["ops"],
+            grant_offer={"offer": [60.0]},
+            edited_arguments=edited,
+            edited_hash="e",
+            edited_paths=["name"],
+        )
+        await store.add_approval(row)
+        count, _ = await store.vote("apr_1", "alice", 2, grant_for=60.0)
+        assert count == 1
+        back = await store.approval("apr_1")
+        assert back is not None and back.edited_arguments == edited and back.identity_groups == ["ops"]
+        grant = Grant(
+            id="gr_1",
+            identity="agent",
+            tool="delete_thing",
+            values_hash="v",
+            created_by="alice",
+            expires_at=now + timedelta(minutes=1),
+            approval_id="apr_1",
+        )
+        async with store.sessions() as s:
+            s.add(grant)
+            await s.commit()
+        assert (await store.live_grant("agent", "delete_thing", "", "v", utcnow(), 60.0)) is not None
+        await store.write_audit(
+            [
+                {
+                    "call_id": "c",
+                    "identity": "agent",
+                    "tool": "t",
+                    "decision": "x",
+                    "grant_id": "gr_1",
+                    "edited_hash": "e",
+                }
+            ]
+        )
+        [record] = await store.audit()
+        assert (record.grant_id, record.edited_hash) == ("gr_1", "e")
+        assert await store.revoke_grant("gr_1", "bob", utcnow()) is not None
+        assert await store.live_grant("agent", "delete_thing", "", "v", utcnow(), 60.0) is None
+    finally:
+        await store.close()

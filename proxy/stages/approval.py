@@ -85,9 +85,16 @@ class ApprovalStage:
         if spec is None or self.broker is None:
             return None
         scope = grants.scope_of(call.arguments, spec.same)
-        return await self.broker.store.live_grant(
+        grant = await self.broker.store.live_grant(
             call.identity.name, call.public_name, decision.rule, scope.hash, utcnow(), spec.max
         )
+        if grant is not None and decision.approval is not None and decision.approval.mode == "pending":
+            # Pending mode's call-again of an approved request runs under that approval (once, and
+            # with the arguments as edited, if they were), not under the grant it also created.
+            again = await self.broker.lookup_pending_mode(call)
+            if again is not None and again.status == APPROVED:
+                return None
+        return grant
 
     async def _under_grant(self, call: ToolCall, grant: Grant, next: Next) -> dict[str, Any]:
         """Run a call a grant covers: no request, audited with the grant and who gave it."""
