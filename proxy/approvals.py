@@ -425,6 +425,8 @@ class Broker:
                 f"this request needs {approval.quorum} approvers, and each must approve the same "
                 "arguments; deny it with a reason instead"
             )
+        if approval.input_schema is None:
+            return f"{approval.tool} declares no input schema to check an edit against"
         where = edits.masked_secret(arguments)
         if where is not None:
             return (

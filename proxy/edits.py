@@ -13,9 +13,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jsonschema
-import jsonschema.exceptions
-
 from proxy.policy import Decision
 
 # `display_mask`'s label for a secret: U+2039 kind, N chars U+203A.
@@ -63,6 +60,10 @@ def schema_problems(schema: Mapping[str, Any] | None, arguments: Any) -> str | N
     """Why `arguments` break the tool's input schema (the first few reasons), or None."""
     if not schema:
         return None
+    # Imported here: it is slow to import, and only a gateway whose approvers edit a call needs it.
+    import jsonschema
+    import jsonschema.exceptions
+
     try:
         cls = jsonschema.validators.validator_for(schema)
         cls.check_schema(schema)

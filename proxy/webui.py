@@ -106,7 +106,7 @@ def _grant_and_edit_json(a: Approval) -> dict[str, Any]:
         if offer
         else None,
         "grantId": a.grant_id,
-        "editable": a.quorum <= 1,
+        "editable": a.quorum <= 1 and a.input_schema is not None,  # see Broker._edit_problem
         "edited": edited,
     }
 
