@@ -444,7 +444,7 @@ def _value(values: dict[str, Any], path: str) -> str:
 
 def grant_duration(grant: Grant) -> str:
     """How long a grant was given for: "30 min"."""
-    return grants.spoken((grant.expires_at - grant.created_at).total_seconds())
+    return grants.spoken(grants.duration(grant))
 
 
 def grant_blocks(grant: Grant, now: datetime) -> list[dict[str, Any]]:

@@ -365,9 +365,9 @@ class Broker:
                 await self._update_channel(approval, voters)
                 what = f"Approval for {grants.spoken(seconds)}" if seconds else "Approval"
                 return ClickResult(True, PENDING, f"{what} recorded: {count} of {approval.quorum}.")
-            await self._granted(won, won.decided_by or user)
+            grant = await self._granted(won, won.decided_by or user)
             await self._finished(won, voters)
-            return ClickResult(True, APPROVED, _approved_message(won))
+            return ClickResult(True, APPROVED, _approved_message(won, grant))
         if approve and (seconds is not None or edit):
             won = await self._approve_with(approval, user, now, final, seconds, edit)
         elif approve and local:
@@ -384,10 +384,9 @@ class Broker:
             current = await self.store.approval(approval_id) or approval
             self._event("late_click", current, user, current.status)
             return ClickResult(False, current.status, already_decided(current))
-        if approve:
-            await self._granted(won, user)
+        grant = await self._granted(won, user) if approve else None
         await self._finished(won, voters if approve else [])
-        message = _approved_message(won) if approve else "Denied."
+        message = _approved_message(won, grant) if approve else "Denied."
         return ClickResult(True, APPROVED if approve else DENIED, message)
 
     # -- approving for a while, and with edited arguments -------------------------------------
@@ -479,15 +478,15 @@ class Broker:
 
         return make
 
-    async def _granted(self, row: Approval, by: str) -> None:
-        """Audit the grant a decision created (its uses and revocation are audited too)."""
+    async def _granted(self, row: Approval, by: str) -> Grant | None:
+        """The grant a decision created, if any, audited (its uses and revocation are audited too)."""
         if row.grant_id is None:
-            return
+            return None
         grant = await self.store.grant(row.grant_id)
         if grant is not None:
-            seconds = (grant.expires_at - grant.created_at).total_seconds()
-            detail = f"for {grants.spoken(seconds)}: {grants.covers(grant)}"
+            detail = f"for {grants.spoken(grants.duration(grant))}: {grants.covers(grant)}"
             self._event("grant_created", row, by, detail, outcome="granted", grant_id=grant.id)
+        return grant
 
     async def revoke_grant(self, grant_id: str, person: Person) -> ClickResult:
         """End a grant at once (every replica's next call asks again); only approvers of its rule may."""
@@ -641,14 +640,14 @@ class Broker:
             self.on_event(event, approval, user, detail, **columns)
 
 
-def _approved_message(row: Approval) -> str:
+def _approved_message(row: Approval, grant: Grant | None) -> str:
     """What the approver is told when their approval won (a grant or an edit said plainly)."""
     parts = ["Approved"]
+    if grant is not None:
+        parts.append(f"for {grants.spoken(grants.duration(grant))} (grant {grant.id})")
     if row.edited_hash:
         changed = ", ".join(row.edited_paths or []) or "nothing visible"
         parts.append(f"with edited arguments (changed: {changed})")
-    if row.grant_id:
-        parts.append(f"and granted a while (grant {row.grant_id})")
     return " ".join(parts) + "."
 
 

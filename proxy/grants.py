@@ -124,6 +124,11 @@ def new_grant(
     )
 
 
+def duration(grant: Grant) -> float:
+    """How long a grant was given for, in seconds."""
+    return (grant.expires_at - grant.created_at).total_seconds()
+
+
 def grant_state(grant: Grant, now: datetime) -> str:
     """live / revoked / expired."""
     if grant.revoked_at is not None:

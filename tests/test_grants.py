@@ -89,7 +89,7 @@ async def test_approving_for_a_while_lets_the_same_calls_run_without_asking(
             assert (await admin.get(pending["id"]))["status"] == "pending"  # a bad duration decides nothing
 
             status, body = await approve(gw.control_url, pending["id"], "alice", **{"for": "30m"})
-            assert status == 200 and "grant gr_" in body["message"], body
+            assert status == 200 and body["message"].startswith("Approved for 30 min (grant gr_"), body
             assert not (await first).is_error
             grant_id = (await admin.get(pending["id"]))["grantId"]
             [grant] = await listed(admin, "grants")
@@ -268,7 +268,7 @@ async def test_the_page_approves_for_a_while_lists_the_grant_and_revokes_it(
             card = page.locator("#pending article.card")
             await expect(card).to_contain_text("later calls of delete_thing by anonymous with the same name")
             await card.get_by_role("button", name="Approve for 30 min").click()
-            await expect(page.locator("#banner")).to_contain_text("granted a while (grant gr_")
+            await expect(page.locator("#banner")).to_contain_text("Approved for 30 min (grant gr_")
             assert not (await call).is_error
 
             live = page.locator("#grants tr").filter(has_text="live")
