@@ -201,7 +201,7 @@ class App:
     def _plugin_channels(self, config: Config) -> list[Any]:
         """Every configured channel plugin (Slack, a webhook, …), each with its own validated section."""
         host = ChannelHost(
-            decide=lambda *a: self.broker.decide(*a),
+            decide=lambda *a, **k: self.broker.decide(*a, **k),
             directory=self.directory,
             people=self.people,
             control_app=self.control.app,
@@ -209,6 +209,8 @@ class App:
             metrics=self.metrics,
             audit_event=self.audit_event,
             page_url=self.page_url(),
+            revoke_grant=lambda *a: self.broker.revoke_grant(*a),
+            check_edit=lambda *a: self.broker.check_edit(*a),
         )
         found = []
         for name, section in channels.configured(config.model_dump(include={"slack", "channels"})).items():
@@ -364,8 +366,18 @@ class App:
     def _policy_changed(self) -> None:
         self.gateway._background(self.gateway.notify_tools_changed())
 
-    def audit_event(self, event: str, approval: Approval, user: str, detail: str | None) -> None:
-        """Audit a click that changed nothing (not an approver, self-approval, too late)."""
+    def audit_event(
+        self,
+        event: str,
+        approval: Approval,
+        user: str,
+        detail: str | None,
+        *,
+        outcome: str = "ignored",
+        grant_id: str | None = None,
+    ) -> None:
+        """Audit a click that changed nothing (not an approver, self-approval, too late), or a grant's
+        creation and revocation (`outcome` granted / revoked)."""
         if self.audit is None:
             return
         self.audit.record(
@@ -381,9 +393,10 @@ class App:
             approval_id=approval.id,
             approvers=user,
             reason=detail,
-            outcome="ignored",
+            outcome=outcome,
             replica=self.replica,
             policy_revision=approval.policy_revision,
+            grant_id=grant_id,
         )
 
     def install_signal_handlers(self) -> None:

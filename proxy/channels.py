@@ -66,14 +66,18 @@ class ApprovalChannel(Protocol):
 class ChannelHost:
     """What an approval-channel plugin gets from the gateway."""
 
-    decide: Callable[[str, bool, Person, str | None], Awaitable[ClickResult]]
+    # (approval id, approve, person, reason, *, grant_for=None, arguments=None)
+    decide: Callable[..., Awaitable[ClickResult]]
     directory: ApproverDirectory
     people: People
     control_app: web.Application
     store: Store
     metrics: Metrics
-    audit_event: Callable[[str, Approval, str, str | None], None]
+    audit_event: Callable[..., None]
     page_url: str = ""
+    # Approving for a while and editing: (grant id, person), and (approval id, arguments, person).
+    revoke_grant: Callable[[str, Person], Awaitable[ClickResult]] | None = None
+    check_edit: Callable[[str, Any, Person], Awaitable[str | None]] | None = None
 
 
 class ChannelPluginError(Exception):
