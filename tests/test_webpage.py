@@ -232,6 +232,7 @@ async def test_a_non_approver_is_refused_and_nothing_is_decided(
 
         # The real on-call engineer signs in on the same browser and decides.
         await page.get_by_role("button", name="Sign out").click()
+        await expect(page.locator("#login")).to_be_visible()
         await open_page(page, gateway, "bob")
         await card(page, "gamma").get_by_role("button", name="Approve").click()
         await expect(banner).to_contain_text("Approved")
