@@ -30,6 +30,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from proxy.config import UpstreamConfig
+from proxy.rawpipe import RawStdio
 
 log = logging.getLogger("signoff.upstream")
 
@@ -127,20 +128,51 @@ class Link:
             self.restarts += 1
 
     async def _connect_and_serve(self) -> None:
+        if self.config.command is not None and self.hooks.request is None:
+            await self._serve_raw()
+            return
         client = self._client()
         # The deadline covers connecting only; it is lifted once the handshake is done.
         with anyio.fail_after(self.config.connect_timeout) as scope:
             async with client:
                 scope.deadline = math.inf
-                self._session = client.session
-                self.server_capabilities = client.server_capabilities
-                self.state, self.last_error, self.retry_at = "up", None, None
-                self.ready.set()
-                log.info("upstream %s connected", self.name)
+                self._session = _SdkSession(client.session)
+                self._up(client.server_capabilities)
                 while not self._closing.is_set() and not _closed(client.session):  # noqa: ASYNC110
                     await anyio.sleep(0.2)
                 if not self._closing.is_set():
                     self.last_error = "the connection closed (process exited or server went away)"
+
+    async def _serve_raw(self) -> None:
+        """A shared stdio link: raw JSON-RPC on the child's pipes (`proxy.rawpipe`), no SDK client."""
+        cfg = self.config
+        assert cfg.command is not None
+        info = (self.hooks.client_info or GATEWAY_INFO).model_dump(by_alias=True, exclude_none=True)
+        pipe = RawStdio(lambda method, params: self.hooks.notify(self, method, params))
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                # Relative paths in `args` follow the config file, like every other path in it.
+                cwd = str((self.base_dir / (cfg.cwd or ".")).resolve())
+                await pipe.open(cfg.command, cfg.args, cfg.env, cwd, info)
+            self._session = pipe
+            self._up(types.ServerCapabilities.model_validate(pipe.capabilities))
+            closing = asyncio.ensure_future(self._closing.wait())
+            ended = asyncio.ensure_future(pipe.closed.wait())
+            try:
+                await asyncio.wait({closing, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closing.cancel()
+                ended.cancel()
+            if not self._closing.is_set():
+                self.last_error = "the connection closed (process exited or server went away)"
+        finally:
+            await pipe.close()
+
+    def _up(self, capabilities: types.ServerCapabilities | None) -> None:
+        self.server_capabilities = capabilities
+        self.state, self.last_error, self.retry_at = "up", None, None
+        self.ready.set()
+        log.info("upstream %s connected", self.name)
 
     def _client(self) -> Client:
         cfg = self.config
@@ -186,20 +218,8 @@ class Link:
             session = self._session
         if session is None:
             raise UpstreamError(self.name, self.unavailable_reason())
-        data: dict[str, Any] = {"method": method}
-        if params is not None:
-            data["params"] = params
-        opts: dict[str, Any] = {}
-        # The SDK's typed API re-validates results (and rejects structured content that breaks the
-        # tool's schema); a transparent gateway forwards what the upstream said. So we use the
-        # dispatcher directly, after the session's stamp (protocol-version header on HTTP).
-        session._stamp(data, opts)
-        if timeout is not None:
-            opts["timeout"] = timeout
-        if on_progress is not None:
-            opts["on_progress"] = on_progress
         try:
-            return await session._dispatcher.send_raw_request(method, data.get("params"), opts)
+            return await session.request(method, params, timeout=timeout, on_progress=on_progress)
         except MCPError as e:
             if e.code == CONNECTION_CLOSED:
                 raise UpstreamError(
@@ -215,10 +235,7 @@ class Link:
         """Send a notification upstream (dropped quietly when the link is down)."""
         session = self._session
         if session is not None:
-            data: dict[str, Any] = {"method": method, "params": params}
-            opts: dict[str, Any] = {}
-            session._stamp(data, opts)
-            await session._dispatcher.notify(method, params, opts)
+            await session.notify(method, params)
 
     def unavailable_reason(self) -> str:
         if self.state == "closed":
@@ -259,6 +276,44 @@ class Link:
     async def _on_list_roots(self, ctx: ClientRequestContext) -> Any:
         result = await self._forward_request("roots/list", None)
         return result if isinstance(result, types.ErrorData) else types.ListRootsResult.model_validate(result)
+
+
+class _SdkSession:
+    """The SDK client's session, as a link uses it: raw requests and notifications, results untouched."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {"method": method}
+        if params is not None:
+            data["params"] = params
+        opts: dict[str, Any] = {}
+        # The SDK's typed API re-validates results (and rejects structured content that breaks the
+        # tool's schema); a transparent gateway forwards what the upstream said. So we use the
+        # dispatcher directly, after the session's stamp (protocol-version header on HTTP).
+        self.session._stamp(data, opts)
+        if timeout is not None:
+            opts["timeout"] = timeout
+        if on_progress is not None:
+            opts["on_progress"] = on_progress
+        result: dict[str, Any] = await self.session._dispatcher.send_raw_request(
+            method, data.get("params"), opts
+        )
+        return result
+
+    async def notify(self, method: str, params: dict[str, Any] | None) -> None:
+        data: dict[str, Any] = {"method": method, "params": params}
+        opts: dict[str, Any] = {}
+        self.session._stamp(data, opts)
+        await self.session._dispatcher.notify(method, params, opts)
 
 
 def _closed(session: Any) -> bool:

@@ -44,6 +44,7 @@ DB_MARKERS = (
     "Connection reset",
     "cannot write audit records",
     "database system is shutting down",
+    "connection_lost()",  # asyncpg, when the server goes away mid-query
 )
 
 LOCKER = """
