@@ -20,19 +20,22 @@ from typing import Any
 import uvicorn
 from aiohttp import web
 
+from proxy import tracing
 from proxy.approvals import AGENT_GONE, GATEWAY_STOPPED, ApprovalChannel, Broker, ClickResult
 from proxy.approvers import ApproverDirectory
 from proxy.audit import AuditLog
 from proxy.auth import BearerAuth, IdentityTable
 from proxy.bodylimit import ENVELOPE_BYTES, JsonBodyLimit
 from proxy.config import Config, ConfigError, SlackConfig
+from proxy.context import ContextProber
 from proxy.control import ControlServer
 from proxy.errors import StartupError
 from proxy.gateway import Gateway
 from proxy.metrics import Metrics
 from proxy.naming import Names
 from proxy.notify import PgListener
-from proxy.people import People, Person
+from proxy.people import People
+from proxy.pins import ToolPins
 from proxy.pipeline import Pipeline
 from proxy.policies import PolicySet
 from proxy.presence import Presence, WatchResponses
@@ -55,7 +58,8 @@ log = logging.getLogger("signoff")
 class ChannelHost:
     """What an approval-channel plugin (such as the Slack bot) gets from the gateway."""
 
-    decide: Callable[[str, bool, Person, str | None], Awaitable[ClickResult]]
+    # (approval id, approve, person, reason, *, confirm_changed=False): see Broker.decide
+    decide: Callable[..., Awaitable[ClickResult]]
     directory: ApproverDirectory
     people: People
     control_app: web.Application
@@ -87,6 +91,7 @@ class App:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        tracing.setup()  # before the pipeline and the upstream links: both ask whether it is on
         self.instance = uuid.uuid4().hex
         self.replica = config.replica or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
@@ -119,6 +124,11 @@ class App:
         self.channel: ApprovalChannel = WebChannel(self.page_url())
         if config.slack is not None:
             self.channel = self._slack_channel(config.slack)
+        modes = {name: cfg.on_tool_change for name, cfg in config.upstreams.items()}
+        self.pins = ToolPins(self.store, self.names, modes, self.channel)
+        for up in self.upstreams.values():
+            up.on_catalog = self._check_catalog
+        prober = ContextProber(self.upstreams, self.names, self.audit, self.replica, self.pins.is_held)
         self.broker = Broker(
             self.store,
             self.channel,
@@ -127,6 +137,8 @@ class App:
             replica=self.replica,
             progress_interval=config.approvals.progress_interval,
             on_event=self.audit_event,
+            prober=prober,
+            metrics=self.metrics,
         )
         limiter = DatabaseRateLimiter(self.store) if self.store.is_postgres else MemoryRateLimiter()
         self.listener = (
@@ -143,13 +155,16 @@ class App:
             replica=self.replica,
             max_argument_bytes=config.max_argument_bytes,
             audit_fail_closed=config.audit.fail_closed,
+            pins=self.pins,
         )
         self.presence = Presence(config.approvals.reconnect_grace)
         self.gateway = Gateway(
             self.upstreams,
             self.names,
             self.pipeline,
-            is_hidden=self.policies.is_hidden,
+            is_hidden=lambda upstream, tool: (
+                self.policies.is_hidden(upstream, tool) or self.pins.hides(upstream, tool)
+            ),
             stdio_identity=self.identities.stdio,
             presence=self.presence,
         )
@@ -222,7 +237,7 @@ class App:
     def _slack_channel(self, cfg: SlackConfig) -> ApprovalChannel:
         factory = load_channel_plugin("slack")
         host = ChannelHost(
-            decide=lambda *a: self.broker.decide(*a),
+            decide=lambda *a, **kw: self.broker.decide(*a, **{"via": "slack", **kw}),
             directory=self.directory,
             people=self.people,
             control_app=self.control.app,
@@ -333,6 +348,7 @@ class App:
         with contextlib.suppress(Exception):
             await self.store.forget_instance(self.instance)
         await self.store.close()
+        await tracing.shutdown()
 
     async def _housekeeping(self) -> None:
         """Heartbeat, sweep overdue/orphaned approvals, and (SQLite) poll for decisions made elsewhere."""
@@ -343,6 +359,8 @@ class App:
             try:
                 if self.store.is_sqlite:
                     await self.broker.poll_decisions()
+                if tick % 4 == 0:
+                    await self.pins.refresh()  # `signoff tools accept` writes the database only
                 if tick % 8 == 0:
                     await self.store.heartbeat(self.instance, self.replica, front=self.front)
                     if not self.control.serving and await self.control.try_start():
@@ -377,6 +395,13 @@ class App:
         for approval_id, held in list(self.broker.held.items()):
             if held.approval.session_id == down.id:
                 await self.broker.withdraw(approval_id, AGENT_GONE)
+
+    async def _check_catalog(self, upstream: str, tools: dict[str, dict[str, Any]]) -> None:
+        """Every newly listed catalog is checked against the tool pins before it is used."""
+        try:
+            await self.pins.check(upstream, tools)
+        except Exception as e:  # the database is away: keep what is held back, check again next time
+            log.warning("could not check the tools of %s against their pins: %s", upstream, e)
 
     def _policy_changed(self) -> None:
         self.gateway._background(self.gateway.notify_tools_changed())
@@ -433,7 +458,9 @@ class App:
         watched = WatchResponses(
             JsonBodyLimit(starlette, body_limit), self.presence, json_response=listen.json_response
         )
-        return BearerAuth(watched, self.identities)
+        front = BearerAuth(watched, self.identities)
+        # A client's `traceparent` header parents the request's spans (only when traces are exported).
+        return tracing.TraceContext(front) if tracing.enabled() else front
 
     def bind_http(self) -> socket.socket:
         """Open the agent-facing socket now, so a taken port fails at start with a clear message."""

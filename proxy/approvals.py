@@ -17,17 +17,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from proxy.calls import ToolCall
+from proxy.context import after_click, ask_again, context_json, same_state
 from proxy.people import Person
 from proxy.policy import ApprovalSpec, Decision
 from proxy.redact import display_mask
 from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Store, utcnow
+
+if TYPE_CHECKING:
+    from proxy.context import ContextProber
+    from proxy.metrics import Metrics
 
 log = logging.getLogger("signoff.approvals")
 
@@ -54,6 +59,10 @@ class ApprovalChannel(Protocol):
 
     async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
         """Report what happened when an approved call ran."""
+        ...
+
+    async def announce_tool_change(self, upstream: str, tool: str, diff: str, action: str) -> None:
+        """Tell the approvers an upstream changed a tool's definition (`diff`) and what signoff does now."""
         ...
 
 
@@ -84,6 +93,9 @@ class ClickResult:
     status: str
     message: str
     refused: bool = False  # the clicker may not decide this request (audited)
+    # The target's live state changed since the request was shown: approving needs a second yes
+    # (`confirm_changed`); this is the stored context as the API shows it (proxy.context.context_json).
+    changed: dict[str, Any] | None = None
 
 
 def arguments_hash(arguments: Any) -> str:
@@ -130,6 +142,8 @@ class Broker:
         replica: str,
         progress_interval: float = 5.0,
         on_event: Callable[[str, Approval, str, str | None], None] | None = None,
+        prober: ContextProber | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.channel = channel
@@ -145,6 +159,8 @@ class Broker:
         self.scheduler = AsyncIOScheduler(job_defaults={"misfire_grace_time": None, "coalesce": True})
         self._poll_since = utcnow()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.prober = prober  # reads the target's live state for the request (policy `approval.context`)
+        self.metrics = metrics
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -180,9 +196,11 @@ class Broker:
         The row and the waiter exist before anything is posted, so even an instant click finds them.
         """
         spec = decision.approval or ApprovalSpec(None, None, 600.0, 1, "hold", False)
+        approval_id = "apr_" + secrets.token_hex(8)
+        context = await self._probe(call, spec, approval_id)
         now = utcnow()
         approval = Approval(
-            id="apr_" + secrets.token_hex(8),
+            id=approval_id,
             mode=spec.mode,
             identity=call.identity.name,
             acts_for=call.identity.on_behalf_of,
@@ -205,6 +223,7 @@ class Broker:
             expires_at=now + timedelta(seconds=spec.timeout),
             holder=self.instance if spec.mode == "hold" else "",
             replica=self.replica,
+            context=context,
         )
         await self.store.add_approval(approval)
         if spec.mode == "hold":
@@ -276,9 +295,20 @@ class Broker:
     # -- decisions ---------------------------------------------------------------------------
 
     async def decide(
-        self, approval_id: str, approve: bool, person: Person, reason: str | None = None
+        self,
+        approval_id: str,
+        approve: bool,
+        person: Person,
+        reason: str | None = None,
+        *,
+        confirm_changed: bool = False,
+        via: str = "web",
     ) -> ClickResult:
-        """An authenticated person's decision. The first valid one wins; everything else changes nothing."""
+        """An authenticated person's decision. The first valid one wins; everything else changes nothing.
+
+        `via` says where it was made (slack, web), for the metrics. An approval whose target's live
+        state changed since it was shown is not taken until the person confirms (`confirm_changed`).
+        """
         user = person.name
         approval = await self.store.approval(approval_id)
         if approval is None:
@@ -299,6 +329,10 @@ class Broker:
             return ClickResult(
                 False, PENDING, "You cannot decide a call that an agent made on your behalf.", refused=True
             )
+        if approve:
+            ask = await self._recheck_context(approval, confirm_changed)
+            if ask is not None:
+                return ask
         now = utcnow()
         voters = [user]
         # We hold the call ourselves: approve and claim it in one statement, so the call is dispatched
@@ -318,6 +352,7 @@ class Broker:
                 await self._update_channel(approval, voters)
                 return ClickResult(True, PENDING, f"Approval recorded: {count} of {approval.quorum}.")
             await self._finished(won, voters)
+            self._observe(won, via)
             return ClickResult(True, APPROVED, "Approved.")
         if approve and local:
             won = await self.store.transition(
@@ -334,6 +369,7 @@ class Broker:
             self._event("late_click", current, user, current.status)
             return ClickResult(False, current.status, already_decided(current))
         await self._finished(won, voters if approve else [])
+        self._observe(won, via)
         return ClickResult(True, APPROVED if approve else DENIED, "Approved." if approve else "Denied.")
 
     async def expire(self, approval_id: str) -> None:
@@ -343,6 +379,7 @@ class Broker:
         )
         if row is not None:
             await self._finished(row)
+            self._observe(row, "timeout")
 
     async def withdraw(self, approval_id: str, reason: str) -> None:
         """The caller went away: nothing will run, even if someone approves later."""
@@ -357,6 +394,7 @@ class Broker:
         )
         if row is not None:
             await self._finished(row)
+            self._observe(row, "agent")
 
     async def withdraw_held(self, reason: str) -> None:
         """Withdraw every call this process holds (it stops serving them)."""
@@ -450,6 +488,40 @@ class Broker:
     def _unschedule(self, approval_id: str) -> None:
         with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(approval_id)
+
+    # -- context and metrics (proxy.context, proxy.metrics) ----------------------------------------
+
+    async def _probe(self, call: ToolCall, spec: ApprovalSpec, approval_id: str) -> dict[str, Any] | None:
+        """The target's live state for a new request (a failed or slow probe says why; never raises)."""
+        if self.prober is None or spec.context is None:
+            return None
+        return await self.prober.probe(call.upstream, spec.context, call.arguments, approval_id)
+
+    async def _recheck_context(self, approval: Approval, confirmed: bool) -> ClickResult | None:
+        """Read the target again at an approve click; ask once more if what was shown has changed."""
+        if self.prober is None or not approval.context:
+            return None
+        stored = approval.context
+        fresh = await self.prober.reprobe(approval)
+        if fresh is not None and not same_state(stored, fresh):
+            updated = after_click(stored, fresh)
+            await self.store.set_fields(approval.id, context=updated)
+            shown = approval.model_copy(update={"context": updated})
+            await self._update_channel(
+                shown, await self.store.voters(approval.id) if approval.quorum > 1 else []
+            )
+            return ClickResult(False, PENDING, ask_again(updated), changed=context_json(updated))
+        if stored.get("was") is not None and not confirmed:
+            return ClickResult(False, PENDING, ask_again(stored), changed=context_json(stored))
+        return None
+
+    def _observe(self, row: Approval, via: str) -> None:
+        """Count a final decision and how long it took (Prometheus)."""
+        if self.metrics is None:
+            return
+        outcome = APPROVED if row.status == EXECUTED else row.status
+        took = (row.decided_at - row.created_at).total_seconds() if row.decided_at else 0.0
+        self.metrics.observe_decision(outcome, via, max(0.0, took))
 
     def _event(self, event: str, approval: Approval, user: str, detail: str | None) -> None:
         if self.on_event is not None:

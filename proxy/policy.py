@@ -20,6 +20,17 @@ Native format (YAML or JSON; unknown keys are errors so typos never pass silentl
         reason: "shown to the agent when the call is refused"
         approval: {approvers: oncall, channel: C0123, timeout: 10m, quorum: 2, mode: hold}
         rate_limit: {max: 10, window: 1m, per: identity}   # per: identity | session | global
+    annotated_destructive: require_approval   # require_approval | default (see below)
+
+An approval may name a context probe: a read tool of the same upstream that signoff runs itself
+before posting the request (and again at the click), showing the chosen fields to the approvers::
+
+        approval:
+          context: {tool: get-job, arguments: {job_id: "{job_id}"}, show: [status, submitted_at]}
+
+``{name}`` in an argument is the call's argument ``name`` (a path such as ``{$.spec.id}`` reaches
+nested values; a string that is exactly one placeholder keeps the value's type). ``show`` names
+fields of the probe's result (paths too): its structured content, or the JSON in its text.
 
 Semantics:
 
@@ -33,6 +44,10 @@ Semantics:
   own ``rate_limit:`` is added too. Nothing terminal matches: ``default`` decides (rule ``(default)``).
 * A ``deny`` decision never carries rate limits (a refused call consumes no quota).
 * ``require_approval`` fields missing on the rule come from ``approval_defaults``.
+* ``annotated_destructive: require_approval`` (the default): a call that no rule decides (``default``
+  would) of a tool the upstream annotates ``destructiveHint: true`` needs approval (rule
+  ``(annotated destructive)``) unless ``default`` is stricter. ``default`` leaves such tools to
+  ``default``. Annotations are the upstream's word, so this only ever asks for more care.
 
 Conditions: ``path`` points into the call's arguments: ``a.b[0].c``, ``$.a.b`` and PolicyLayer's
 ``args.a.b`` (write ``$.args.x`` for an argument literally named "args"); ``["a.b"]`` quotes a key.
@@ -53,7 +68,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -95,6 +110,17 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class ContextProbe:
+    """A read tool signoff runs itself to show approvers the live state of the call's target."""
+
+    tool: str  # the upstream's own name of a read tool on the call's upstream
+    arguments: dict[str, Any] = field(default_factory=dict, hash=False)  # `{name}` placeholders
+    show: tuple[str, ...] = ()  # paths into the result
+    label: str | None = None  # what the state is of ("{job_id}"); default: the filled arguments
+    timeout: float = 2.5
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalSpec:
     """Who must approve, where, and how long the call may wait."""
 
@@ -104,6 +130,7 @@ class ApprovalSpec:
     quorum: int
     mode: ApprovalMode
     allow_self_approval: bool
+    context: ContextProbe | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +281,11 @@ class PolicySpec:
     rules: tuple[RuleSpec, ...]
     default_reason: str | None = None
     default_approval: ApprovalSpec | None = None
+    # PolicyLayer's formats keep their own meaning ("default"); the native format defaults to asking.
+    annotated_destructive: Literal["require_approval", "default"] = "default"
+    approval_defaults: ApprovalSpec | None = (
+        None  # what gateway-made approvals ask for (None: DEFAULT_APPROVAL)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -296,6 +328,58 @@ class ConditionModel(_Model):
         return value
 
 
+MAX_PROBE_TIMEOUT = 10.0
+
+
+class ContextModel(_Model):
+    tool: NonEmptyStr
+    arguments: dict[str, Any] = {}
+    show: NameList
+    label: str | None = None
+    timeout: Duration = 2.5
+
+    @field_validator("show")
+    @classmethod
+    def _check_paths(cls, show: list[str]) -> list[str]:
+        for path in show:
+            parse_path(path)
+        return show
+
+    @field_validator("arguments")
+    @classmethod
+    def _check_arguments(cls, arguments: dict[str, Any]) -> dict[str, Any]:
+        if not _is_json_like(arguments):
+            raise ValueError("must hold only JSON values")
+        for text in _strings(arguments):
+            for placeholder in PLACEHOLDER.findall(text):
+                parse_path(placeholder)
+        return arguments
+
+    @field_validator("timeout")
+    @classmethod
+    def _short(cls, timeout: float) -> float:
+        if not 0 < timeout <= MAX_PROBE_TIMEOUT:
+            raise ValueError(f"must be more than 0 and at most {MAX_PROBE_TIMEOUT:g}s (the request waits)")
+        return timeout
+
+    def spec(self) -> ContextProbe:
+        return ContextProbe(self.tool, dict(self.arguments), tuple(self.show), self.label, self.timeout)
+
+
+# `{job_id}` or `{$.spec.id}` in a probe's arguments: a value taken from the call's arguments.
+PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 class ApprovalModel(_Model):
     approvers: NonEmptyStr | None = None
     channel: NonEmptyStr | None = None
@@ -303,6 +387,7 @@ class ApprovalModel(_Model):
     quorum: Quorum | None = None
     mode: ApprovalMode | None = None
     allow_self_approval: StrictBool | None = None
+    context: ContextModel | None = None
 
 
 class ApprovalDefaultsModel(_Model):
@@ -354,13 +439,14 @@ class PolicyModel(_Model):
     default: Literal["allow", "deny", "require_approval"] = "deny"
     hide: GlobList = []
     approval_defaults: ApprovalDefaultsModel = ApprovalDefaultsModel()
+    annotated_destructive: Literal["require_approval", "default"] = "require_approval"
     rules: list[RuleModel] = []
 
 
 _KNOWN_FIELDS = sorted(
     {
         name
-        for model in (ConditionModel, ApprovalModel, RateLimitModel, RuleModel, PolicyModel)
+        for model in (ConditionModel, ApprovalModel, ContextModel, RateLimitModel, RuleModel, PolicyModel)
         for name in model.model_fields
     }
 )
@@ -388,7 +474,7 @@ def _format_pydantic_error(err: Mapping[str, Any]) -> str:
         message = "must be one of " + str(ctx.get("expected", "")).replace("'", "")
     elif kind == "extra_forbidden":
         field = str(err["loc"][-1]) if err["loc"] else ""
-        close = difflib.get_close_matches(field, _KNOWN_FIELDS, n=1)
+        close = difflib.get_close_matches(field, [f for f in _KNOWN_FIELDS if f != field], n=1)
         message = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
     elif kind == "greater_than_equal":
         message = f"must be at least {ctx.get('ge')}"
@@ -431,7 +517,11 @@ def native_spec(data: Mapping[str, Any]) -> PolicySpec:
         name = rule.name or f"rules[{index}]"
         approval = None
         if rule.action == "require_approval":
-            overrides = rule.approval.model_dump(exclude_none=True) if rule.approval else {}
+            overrides: dict[str, Any] = {}
+            if rule.approval is not None:
+                overrides = rule.approval.model_dump(exclude_none=True, exclude={"context"})
+                if rule.approval.context is not None:
+                    overrides["context"] = rule.approval.context.spec()
             approval = replace(defaults, **overrides)
         limit = None
         if rule.rate_limit is not None:
@@ -465,6 +555,8 @@ def native_spec(data: Mapping[str, Any]) -> PolicySpec:
         hide=tuple(model.hide),
         rules=tuple(rules),
         default_approval=defaults if model.default == "require_approval" else None,
+        annotated_destructive=model.annotated_destructive,
+        approval_defaults=defaults,
     )
 
 
@@ -474,6 +566,7 @@ def native_spec(data: Mapping[str, Any]) -> PolicySpec:
 _MISSING = object()
 _EMPTY: Mapping[str, Any] = {}
 _HIDDEN = Decision(action="hidden", rule="(hidden)")
+ANNOTATED_DESTRUCTIVE = "(annotated destructive)"
 _TOOL_CACHE_LIMIT = 4096  # tool names are normally a small set; the bound stops a hostile client
 
 
@@ -639,6 +732,8 @@ def _canonical(spec: PolicySpec) -> str:
         "hide": sorted(set(spec.hide)),
         "rules": rules,
     }
+    if spec.annotated_destructive != "default":
+        document["annotated_destructive"] = spec.annotated_destructive
     return json.dumps(document, sort_keys=True, separators=(",", ":"), default=repr)
 
 
@@ -701,6 +796,29 @@ class CompiledPolicy:
             return decision
         return replace(decision, rate_limits=(*limits, *decision.rate_limits))
 
+    def for_annotations(self, decision: Decision, annotations: Mapping[str, Any] | None) -> Decision:
+        """The decision once the tool's MCP annotations are known: see ``annotated_destructive``."""
+        if (
+            self.spec.annotated_destructive != "require_approval"
+            or decision.rule != self.spec.default_rule
+            or decision.action != "allow"
+            or not isinstance(annotations, Mapping)
+            or annotations.get("destructiveHint") is not True
+            or annotations.get("readOnlyHint") is True  # the hint means nothing on a read-only tool
+        ):
+            return decision
+        return Decision(
+            action="require_approval",
+            rule=ANNOTATED_DESTRUCTIVE,
+            reason="The upstream annotates this tool as destructive and no rule of the policy names it.",
+            approval=self.approval_defaults(),
+            rate_limits=decision.rate_limits,
+        )
+
+    def approval_defaults(self) -> ApprovalSpec:
+        """The approval a decision the gateway makes (not a rule) asks for: the policy's defaults."""
+        return self.spec.approval_defaults or DEFAULT_APPROVAL
+
     def patterns(self) -> list[tuple[str, str]]:
         """(where, glob) for every tool pattern the policy names, for `signoff check` to test."""
         found = [("hide", glob) for glob in self.spec.hide]
@@ -712,6 +830,8 @@ class CompiledPolicy:
     def approver_groups(self) -> set[str]:
         """Approver group names the policy refers to, so the config can check they exist."""
         specs = [rule.approval for rule in self.spec.rules] + [self.spec.default_approval]
+        if self.spec.annotated_destructive == "require_approval":
+            specs.append(self.spec.approval_defaults)
         return {spec.approvers for spec in specs if spec is not None and spec.approvers}
 
 
