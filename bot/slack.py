@@ -19,6 +19,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -35,6 +36,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from bot import blocks
 from proxy.approvals import ClickResult
 from proxy.config import SlackConfig
+from proxy.history import PastDecision, recent_decisions
 from proxy.store import PENDING, Approval, utcnow
 
 if TYPE_CHECKING:
@@ -226,7 +228,8 @@ class SlackChannel:
     async def post(self, approval: Approval) -> tuple[str, str] | None:
         """Post the request to the rule's channel (or the default); retried within the budget, else raise."""
         channel = approval.channel or self.config.channel
-        message = blocks.request_message(self._as_shown(approval), [], now=utcnow())
+        history = await self._history(approval)
+        message = blocks.request_message(self._as_shown(approval), [], now=utcnow(), history=history)
         posted: asyncio.Future[tuple[str, str] | None] = asyncio.get_running_loop().create_future()
         self._forget_old_posts()
         self._posting[approval.id] = (time.monotonic(), posted)
@@ -255,7 +258,8 @@ class SlackChannel:
             return
         shown, voters = self._as_shown(approval), [self._slack_name(v) for v in voters]
         if approval.status == PENDING:
-            message = blocks.request_message(shown, voters, now=utcnow())
+            history = await self._history(approval)
+            message = blocks.request_message(shown, voters, now=utcnow(), history=history)
         else:
             message = blocks.decided_message(shown, voters)
         await self._call(
@@ -265,6 +269,28 @@ class SlackChannel:
         )
         if approval.status != PENDING:
             self._posting.pop(approval.id, None)
+
+    async def _history(self, approval: Approval) -> list[PastDecision] | None:
+        """The caller's last decisions on the tool, deciders as Slack users; None if unreadable (the
+        request is posted anyway: history is context, not a condition)."""
+        try:
+            past = await recent_decisions(self.host.store, approval)
+        except Exception as e:
+            log.warning("approval %s: could not read its history: %s", approval.id, e)
+            return None
+        named = (",".join(self._slack_name(n) for n in (d.decided_by or "").split(",") if n) for d in past)
+        return [replace(d, decided_by=by or d.decided_by) for d, by in zip(past, named, strict=True)]
+
+    async def announce_tool_change(self, upstream: str, tool: str, diff: str, action: str) -> None:
+        """Post the change of a tool's definition, with its diff, to the default approval channel."""
+        message = blocks.tool_change_message(upstream, tool, diff, action)
+        await self._call(
+            "chat.postMessage",
+            lambda: self.client.chat_postMessage(
+                channel=self.config.channel, unfurl_links=False, unfurl_media=False, **message
+            ),
+            self.config.post_timeout,
+        )
 
     def _slack_name(self, name: str) -> str:
         """A person's Slack user ID when they have one, so the message mentions them; else the name."""
@@ -360,6 +386,7 @@ class SlackChannel:
         self.app.action(blocks.DENY)(self._on_deny)
         self.app.action(blocks.DENY_WITH_REASON)(self._on_deny_with_reason)
         self.app.action(blocks.VIEW_ARGUMENTS)(self._on_view_arguments)
+        self.app.action(blocks.APPROVE_ANYWAY)(self._on_approve_anyway)
         self.app.view(blocks.DENY_REASON_VIEW)(self._on_deny_reason)
 
     async def _http_events(self, request: web.Request) -> web.Response:
@@ -370,6 +397,17 @@ class SlackChannel:
     async def _on_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         await self._click(body, str(action.get("value", "")), approve=True, reason=None)
+
+    async def _on_approve_anyway(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """ "Approve anyway" on the ephemeral question asked when the target changed since it was shown."""
+        await ack()
+        container = body.get("container") or {}
+        if container.get("is_ephemeral"):
+            # Only the clicker sees that message, and it is ours: the click is checked against the
+            # request's channel, not against the ephemeral message's own timestamp.
+            container = {k: v for k, v in container.items() if k != "message_ts"}
+            body = {**body, "container": container, "message": None}
+        await self._click(body, str(action.get("value", "")), approve=True, reason=None, confirm_changed=True)
 
     async def _on_deny(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -426,7 +464,13 @@ class SlackChannel:
         await self._click(body, str(view.get("private_metadata", "")), approve=False, reason=reason.strip())
 
     async def _click(
-        self, body: dict[str, Any], approval_id: str, *, approve: bool, reason: str | None
+        self,
+        body: dict[str, Any],
+        approval_id: str,
+        *,
+        approve: bool,
+        reason: str | None,
+        confirm_changed: bool = False,
     ) -> None:
         """One decision through the broker; tell the clicker privately when it changed nothing."""
         user = str((body.get("user") or {}).get("id", ""))
@@ -437,14 +481,20 @@ class SlackChannel:
             return
         person = self.host.people.by_slack(user)
         try:
-            result = await self.host.decide(approval_id, approve, person, reason)
+            if confirm_changed:
+                result = await self.host.decide(approval_id, approve, person, reason, confirm_changed=True)
+            else:
+                result = await self.host.decide(approval_id, approve, person, reason)
         except Exception as e:
             log.exception("approval %s: %s by %s failed", approval_id, verb, user)
             text = f"Your click was not recorded ({_describe(e)}). Nothing changed."
             await self._tell(body, approval_id, blocks.escape(text))
             return
         log.info("approval %s: %s by %s -> %s (%s)", approval_id, verb, user, result.status, result.accepted)
-        if not result.accepted:
+        if result.changed is not None:
+            # The target changed since the request was shown: ask this person once more, privately.
+            await self._tell(body, approval_id, "", blocks.changed_prompt(approval_id, result.message))
+        elif not result.accepted:
             await self._tell(body, approval_id, await self._click_message(approval_id, result))
 
     async def _foreign(self, body: dict[str, Any], approval_id: str, user: str) -> str | None:
@@ -496,8 +546,11 @@ class SlackChannel:
             text = pattern.sub(lambda m: f"<@{ids[m.group(1)]}>", text)
         return text
 
-    async def _tell(self, body: dict[str, Any], approval_id: str, text: str) -> None:
-        """An ephemeral message to whoever clicked, in the channel of the request."""
+    async def _tell(
+        self, body: dict[str, Any], approval_id: str, text: str, message: dict[str, Any] | None = None
+    ) -> None:
+        """An ephemeral message to whoever clicked, in the channel of the request (`text`, or a
+        rendered `message` with blocks)."""
         user = str((body.get("user") or {}).get("id", ""))
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
         if not channel:  # a modal submission: the request's own channel
@@ -507,9 +560,10 @@ class SlackChannel:
             log.warning("approval %s: cannot tell %s: %s", approval_id, user or "?", text)
             return
         try:
+            content = message or {"text": text}
             await self._call(
                 "chat.postEphemeral",
-                lambda: self.client.chat_postEphemeral(channel=channel, user=user, text=text),
+                lambda: self.client.chat_postEphemeral(channel=channel, user=user, **content),
                 self.config.post_timeout,
             )
         except SlackUnavailable as e:

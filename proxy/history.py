@@ -54,16 +54,3 @@ def history_json(items: list[PastDecision]) -> list[dict[str, Any]]:
         }
         for d in items
     ]
-
-
-def history_line(d: PastDecision) -> str:
-    """One plain line: `2026-05-02 14:03 approved by alice, ran ok` / `denied by bob: not now`."""
-    when = d.decided_at.strftime("%Y-%m-%d %H:%M") if d.decided_at else "-"
-    text = f"{when} {d.status}"
-    if d.decided_by and not d.decided_by.startswith("("):
-        text += f" by {d.decided_by}"
-    if d.status == APPROVED:
-        text += f", ran {d.outcome}" if d.outcome else ", did not run"
-    elif d.reason:
-        text += f": {d.reason}"
-    return text

@@ -68,10 +68,10 @@ def diff_text(old: Mapping[str, Any], new: Mapping[str, Any], name: str) -> str:
 
 
 def action_text(mode: str) -> str:
-    """What signoff does with a changed tool meanwhile, in words."""
+    """What signoff does with a changed tool meanwhile, as a sentence."""
     if mode == HIDE:
-        return "hidden from agents until an admin accepts the change"
-    return "every call needs approval until an admin accepts the change"
+        return "It is hidden from agents until an admin accepts the change."
+    return "Every call of it needs approval until an admin accepts the change."
 
 
 class ToolPins:
@@ -119,7 +119,7 @@ class ToolPins:
             else:
                 if key not in self.held:
                     log.warning(
-                        "upstream %s changed the definition of %s: %s",
+                        "upstream %s changed the definition of %s. %s",
                         upstream,
                         name,
                         action_text(self.mode(upstream)),

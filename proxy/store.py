@@ -480,15 +480,15 @@ class Store:
             )
             await s.commit()
 
-    async def accept_tool_change(self, upstream: str, tool: str, by: str) -> ToolPin | None:
-        """Pin the changed definition; None when `tool` has no change waiting."""
+    async def accept_tool_change(self, upstream: str, tool: str, by: str, digest: str) -> ToolPin | None:
+        """Pin the changed definition `digest`; None when that is not the change waiting for `tool`."""
         async with self._writing(), self.sessions() as s:
             result = await s.exec(
                 update(ToolPin)
                 .where(
                     col(ToolPin.upstream) == upstream,
                     col(ToolPin.tool) == tool,
-                    col(ToolPin.pending_digest).is_not(None),
+                    col(ToolPin.pending_digest) == digest,
                 )
                 .values(
                     definition=col(ToolPin.pending),

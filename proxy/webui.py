@@ -14,6 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from proxy.approvals import Broker
+from proxy.context import context_json
+from proxy.history import PastDecision, history_json, recent_decisions
+from proxy.pins import action_text
 from proxy.signin import SignIn
 from proxy.store import EXECUTED, PENDING, Approval, AuditRecord, Store, utcnow
 from proxy.webjson import json_error, json_response
@@ -49,9 +52,23 @@ class WebChannel:
     async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
         log.info("approval %s ran: %s", approval.id, outcome)
 
+    async def announce_tool_change(self, upstream: str, tool: str, diff: str, action: str) -> None:
+        log.warning(
+            "upstream %s changed the definition of %s. %s See `signoff tools diff`, then "
+            "`signoff tools accept %s`:\n%s",
+            upstream,
+            tool,
+            action_text(action),
+            tool,
+            diff,
+        )
 
-def approval_json(a: Approval, voters: list[str] | None = None) -> dict[str, Any]:
-    """The API's view of an approval: every argument as it will run, secrets masked where they stand."""
+
+def approval_json(
+    a: Approval, voters: list[str] | None = None, history: list[PastDecision] | None = None
+) -> dict[str, Any]:
+    """The API's view of an approval: every argument as it will run, secrets masked where they stand;
+    the target's live state (`context`) and, when given, the last decisions on the tool (`history`)."""
     left = max(0.0, (a.expires_at - utcnow()).total_seconds()) if a.status == PENDING else 0.0
     return {
         "id": a.id,
@@ -77,6 +94,8 @@ def approval_json(a: Approval, voters: list[str] | None = None) -> dict[str, Any
         "decidedBy": a.decided_by,
         "reason": a.decision_reason,
         "outcome": a.outcome,
+        "context": context_json(a.context),
+        "history": history_json(history) if history is not None else None,
     }
 
 
@@ -137,7 +156,14 @@ class ApprovalsApi:
             raise json_error(web.HTTPBadRequest, f"status must be one of {', '.join(_STATUSES)}")
         limit = _int(request.query.get("limit"), 100)
         rows = await self.store.approvals(None if status == "all" else status, limit=limit)
-        out = [approval_json(a, await self.store.voters(a.id) if a.quorum > 1 else None) for a in rows]
+        out = [
+            approval_json(
+                a,
+                await self.store.voters(a.id) if a.quorum > 1 else None,
+                await recent_decisions(self.store, a) if a.status == PENDING else None,
+            )
+            for a in rows
+        ]
         return json_response({"approvals": out})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -145,7 +171,8 @@ class ApprovalsApi:
         a = await self.store.approval(request.match_info["id"])
         if a is None:
             raise json_error(web.HTTPNotFound, "no such approval")
-        return json_response(approval_json(a, await self.store.voters(a.id)))
+        history = await recent_decisions(self.store, a)
+        return json_response(approval_json(a, await self.store.voters(a.id), history))
 
     async def decide(self, request: web.Request) -> web.Response:
         person = await self.signin.decider(request)
@@ -170,21 +197,29 @@ class ApprovalsApi:
             raise json_error(web.HTTPBadRequest, "a denial needs a reason (it is shown to the agent)")
         if reason is not None and not isinstance(reason, str):
             raise json_error(web.HTTPBadRequest, "reason must be a string")
+        confirm_changed = body.get("confirmChanged", False)
+        if not isinstance(confirm_changed, bool):
+            raise json_error(web.HTTPBadRequest, "confirmChanged must be true or false")
         result = await self.broker.decide(
-            request.match_info["id"], decision == "approve", person, reason.strip() if reason else None
+            request.match_info["id"],
+            decision == "approve",
+            person,
+            reason.strip() if reason else None,
+            confirm_changed=confirm_changed,
         )
         status = (
             200 if result.accepted else 403 if result.refused else 404 if result.status == "unknown" else 409
         )
-        return json_response(
-            {
-                "accepted": result.accepted,
-                "status": result.status,
-                "message": result.message,
-                "by": person.name,
-            },
-            status=status,
-        )
+        answer = {
+            "accepted": result.accepted,
+            "status": result.status,
+            "message": result.message,
+            "by": person.name,
+        }
+        if result.changed is not None:
+            # 409: the target changed since the request was shown; approve again with confirmChanged.
+            answer["contextChanged"] = result.changed
+        return json_response(answer, status=status)
 
     async def audit(self, request: web.Request) -> web.Response:
         await self.signin.viewer(request)
