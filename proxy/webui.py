@@ -156,14 +156,16 @@ class ApprovalsApi:
             raise json_error(web.HTTPBadRequest, f"status must be one of {', '.join(_STATUSES)}")
         limit = _int(request.query.get("limit"), 100)
         rows = await self.store.approvals(None if status == "all" else status, limit=limit)
-        out = [
-            approval_json(
-                a,
-                await self.store.voters(a.id) if a.quorum > 1 else None,
-                await recent_decisions(self.store, a) if a.status == PENDING else None,
-            )
-            for a in rows
-        ]
+        histories: dict[tuple[str, str], list[PastDecision]] = {}  # one query per caller and tool
+        out = []
+        for a in rows:
+            history = None
+            if a.status == PENDING:
+                key = (a.identity, a.tool)
+                if key not in histories:  # decided requests only, so the same for every pending one
+                    histories[key] = await recent_decisions(self.store, a)
+                history = histories[key]
+            out.append(approval_json(a, await self.store.voters(a.id) if a.quorum > 1 else None, history))
         return json_response({"approvals": out})
 
     async def get(self, request: web.Request) -> web.Response:

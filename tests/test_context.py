@@ -252,11 +252,14 @@ async def test_slack_shows_the_state_and_asks_again_when_it_changed(fake: FakeSl
         gateway(slack_config(fake, tmp_path), tmp_path) as gw,
         Client(gw.mcp_url, mode="legacy") as client,
     ):
-        first = cancel(client, "job-91c2")
+        # A probe that fails still lets the request be posted, saying why the state is unknown.
+        first = cancel(client, "job-nope")
         channel, ts, approval_id = await posted_request(fake)
         posted = all_text(fake.message(channel, ts))
-        assert "*Live state* (read with `get-job`" in posted
-        assert "job-91c2: status IN_QUEUE, submitted_at 20" in posted
+        assert (
+            "*Live state unknown* (`get-job`): job-nope: state unknown (get-job answered with an error"
+            in posted
+        )
         assert "Last decisions on `cancel-job` for `anonymous`*: none yet." in posted
         await click(gw, "U_BOB", blocks.DENY, approval_id, channel, ts)
         await asyncio.wait_for(first, 10)
@@ -264,7 +267,8 @@ async def test_slack_shows_the_state_and_asks_again_when_it_changed(fake: FakeSl
         call = cancel(client, "job-7f3a")
         channel, ts, approval_id = await posted_request(fake, 2)
         posted = all_text(fake.message(channel, ts))
-        assert "job-7f3a: status IN_PROGRESS" in posted
+        assert "*Live state* (read with `get-job`" in posted
+        assert "job-7f3a: status IN_PROGRESS, submitted_at 20" in posted
         assert "denied by <@U_BOB>" in posted  # the history: the cancel before this one
 
         assert not (await client.call_tool("finish-job", {"job_id": "job-7f3a"})).is_error

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from sqlalchemy import text
 
+from proxy.store import Approval, Store, ToolPin, utcnow
 from tests.conftest import ADMIN_TOKEN, PEOPLE, Admin, executions
 from tests.fakeslack import SIGNING_SECRET, FakeSlack
 from tests.procs import PYTHON, ROOT, SIGNOFF, Gateway, free_port, running_gateway
@@ -168,3 +170,46 @@ async def test_annotated_destructive_tools_need_approval_when_no_rule_names_them
         async with Client(gw.mcp_url, mode="legacy") as client:
             assert not (await client.call_tool("wipe", {"target": "t2"})).is_error
     assert [e["args"]["target"] for e in executions(exec_log, "wipe")] == ["t2"]
+
+
+async def test_pins_context_and_history_in_the_store(db_url: str) -> None:
+    """The store's side on both backends: first sighting wins, a change is announced once, and
+    migration 4 adds the context column to a database from before it."""
+    store = Store(db_url)
+    await store.open()
+    try:
+        await store.add_tool_pins([ToolPin(upstream="u", tool="t", definition={"d": "a"}, digest="d1")])
+        await store.add_tool_pins([ToolPin(upstream="u", tool="t", definition={"d": "b"}, digest="d2")])
+        [pin] = await store.tool_pins("u")
+        assert (pin.digest, pin.definition, pin.pinned_by) == ("d1", {"d": "a"}, "(first seen)")
+        assert await store.note_tool_change("u", "t", {"d": "b"}, "d2") is True
+        assert await store.note_tool_change("u", "t", {"d": "b"}, "d2") is False  # another replica: no repeat
+        assert await store.accept_tool_change("u", "t", "admin", "d3") is None  # not the change waiting
+        accepted = await store.accept_tool_change("u", "t", "admin", "d2")
+        assert accepted is not None and (accepted.digest, accepted.definition) == ("d2", {"d": "b"})
+        assert accepted.pending_digest is None and accepted.pinned_by == "admin"
+
+        now = utcnow()
+        common = {"identity": "ci", "tool": "jobs.cancel-job", "args_hash": "0", "expires_at": now}
+        await store.add_approval(
+            Approval(id="apr_old", status="executed", outcome="ok", decided_by="alice", **common)
+        )
+        await store.add_approval(Approval(id="apr_new", context={"fields": {"status": "RUNNING"}}, **common))
+        [past] = await store.recent_decisions("ci", "jobs.cancel-job", exclude="apr_new")
+        assert (past.id, past.outcome) == ("apr_old", "ok")
+        assert (await store.approval("apr_new")).context == {"fields": {"status": "RUNNING"}}
+    finally:
+        await store.close()
+
+    # A database from before migration 4: the column comes back, the rows stay.
+    store = Store(db_url)
+    async with store.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE approval DROP COLUMN context"))
+        await conn.execute(text("UPDATE signoff_schema SET version = 1"))
+    await store.open()
+    try:
+        assert (await store.approval("apr_new")).context is None
+        await store.set_fields("apr_new", context={"fields": {"status": "DONE"}})
+        assert (await store.approval("apr_new")).context == {"fields": {"status": "DONE"}}
+    finally:
+        await store.close()
