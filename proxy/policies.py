@@ -121,7 +121,7 @@ class PolicySet:
         if len(names) > 1 and decision.rule.startswith("(") and decision.action != "hidden":
             # Nothing named the public form: let a rule naming the upstream's own name decide.
             decision = policy.decide(identity, names[1], arguments)
-        if annotations is not None:
+        if annotations is not None and not any(policy.names(name) for name in names):
             decision = policy.for_annotations(decision, annotations)
         return Verdict(decision, policy.revision, policy.mode != "shadow")
 

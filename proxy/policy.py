@@ -44,9 +44,9 @@ Semantics:
   own ``rate_limit:`` is added too. Nothing terminal matches: ``default`` decides (rule ``(default)``).
 * A ``deny`` decision never carries rate limits (a refused call consumes no quota).
 * ``require_approval`` fields missing on the rule come from ``approval_defaults``.
-* ``annotated_destructive: require_approval`` (the default): a call that no rule decides (``default``
-  would) of a tool the upstream annotates ``destructiveHint: true`` needs approval (rule
-  ``(annotated destructive)``) unless ``default`` is stricter. ``default`` leaves such tools to
+* ``annotated_destructive: require_approval`` (the default): a call of a tool the upstream annotates
+  ``destructiveHint: true`` that no rule names (a pattern other than ``*``) needs approval (rule
+  ``(annotated destructive)``) where ``default`` would allow it. ``default`` leaves such tools to
   ``default``. Annotations are the upstream's word, so this only ever asks for more care.
 
 Conditions: ``path`` points into the call's arguments: ``a.b[0].c``, ``$.a.b`` and PolicyLayer's
@@ -672,6 +672,10 @@ class _ToolMatcher:
             return True
         return self.regex is not None and self.regex.match(tool) is not None
 
+    def names(self, tool: str) -> bool:
+        """Whether a pattern other than the catch-all `*` matches `tool`."""
+        return tool in self.exact or (self.regex is not None and self.regex.match(tool) is not None)
+
 
 class _Rule:
     __slots__ = ("decision", "groups", "identities", "is_limit", "limit", "scoped", "tools", "unless", "when")
@@ -796,8 +800,17 @@ class CompiledPolicy:
             return decision
         return replace(decision, rate_limits=(*limits, *decision.rate_limits))
 
+    def names(self, tool: str) -> bool:
+        """Whether some rule names ``tool`` (by a pattern other than ``*``), deciding it or not."""
+        return any(
+            rule.tools.names(tool) for rule in self._entry(tool if type(tool) is str else str(tool))[1]
+        )
+
     def for_annotations(self, decision: Decision, annotations: Mapping[str, Any] | None) -> Decision:
-        """The decision once the tool's MCP annotations are known: see ``annotated_destructive``."""
+        """The decision once the tool's MCP annotations are known: see ``annotated_destructive``.
+
+        For a tool no rule names (`names`): the caller checks that, as it knows the tool's names.
+        """
         if (
             self.spec.annotated_destructive != "require_approval"
             or decision.rule != self.spec.default_rule

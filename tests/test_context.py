@@ -32,6 +32,7 @@ PROBE = {
     "arguments": {"job_id": "{job_id}"},
     "label": "{job_id}",
     "show": ["status", "submitted_at"],
+    "timeout": "10s",  # the default 2.5 s is too short for a machine busy with other test processes
 }
 
 

@@ -107,14 +107,21 @@ def test_a_wrong_probe_is_refused_with_its_path(context: dict[str, Any], error: 
     assert any(error in line for line in e.value.errors), e.value.errors
 
 
-def test_annotated_destructive_tools_need_approval_unless_a_rule_decides() -> None:
-    policy = compile_policy({"default": "allow", "rules": [{"tools": "named", "action": "allow"}]})
+def test_annotated_destructive_tools_need_approval_unless_a_rule_names_them() -> None:
+    rules = [
+        {"tools": "named", "action": "allow"},
+        {"tools": "limited*", "when": [{"path": "x", "op": "exists", "value": True}], "action": "deny"},
+        {"tools": "*", "action": "rate_limit", "rate_limit": {"max": 5, "window": "1m"}},
+    ]
+    policy = compile_policy({"default": "allow", "rules": rules})
+    assert policy.names("named") and policy.names("limited-one") and not policy.names("wipe")
     destructive = {"destructiveHint": True}
     default = policy.decide(Identity("a"), "wipe", {})
     assert policy.for_annotations(default, destructive).action == "require_approval"
     assert policy.for_annotations(default, destructive).rule == "(annotated destructive)"
     assert policy.for_annotations(default, {"destructiveHint": True, "readOnlyHint": True}) is default
     assert policy.for_annotations(default, {}) is default
+    assert policy.for_annotations(default, destructive).rate_limits == default.rate_limits  # the "*" limit
     named = policy.decide(Identity("a"), "named", {})
     assert policy.for_annotations(named, destructive) is named  # a rule decided: it stands
     stricter = compile_policy({"default": "deny"})
