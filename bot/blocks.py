@@ -52,6 +52,9 @@ _PREVIEW_DEPTH = 6
 _INLINE = 200  # identifiers shown inline (tool, identity, client)
 
 _SLACK_ID = re.compile(r"[UW][A-Z0-9_]{1,40}")
+_USERGROUP_ID = re.compile(r"S[A-Z0-9_]{1,40}")
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9_]{1,40}")
+_TS = re.compile(r"[0-9]{1,12}\.[0-9]{1,9}")
 _ZWSP = "\u200b"
 # Look-alikes that Slack never parses: a backtick inside inline code, angle brackets in plain_text.
 _GRAVE, _LT, _GT = "\u02cb", "\u2039", "\u203a"
@@ -373,10 +376,13 @@ def request_message(
     voters: Sequence[str],
     *,
     now: datetime,
+    on_call: Sequence[str] | None = None,
     history: Sequence[PastDecision] | None = None,
 ) -> dict[str, Any]:
     """The pending request, with its buttons (and the quorum's progress once someone approved).
 
+    `on_call`: who is on call now for its approver group (Slack user IDs are mentioned, anything
+    else shown as text); None when the group follows no schedule.
     `history`: the caller's last decisions on the tool, shown under the arguments (None: not shown).
     """
     icon = _RISK.get(approval.risk, (":grey_question:", ""))[0]
@@ -387,12 +393,20 @@ def request_message(
     blocks += body
     if history is not None:
         blocks.append(history_block(approval, history))
+    if on_call is not None:
+        blocks.append(_section(on_call_line(on_call), "oncall"))
     if voters:
         blocks.append(_section(quorum_progress(approval, voters), "progress"))
     blocks.append(_decision_buttons(approval, cut))
     blocks.append(_footer(approval))
     text = f"Approval needed: {inline(approval.tool)} requested by {inline(approval.identity)}"
     return {"text": _cut(text, MESSAGE_TEXT), "blocks": blocks[:MESSAGE_BLOCKS]}
+
+
+def on_call_line(on_call: Sequence[str]) -> str:
+    """`:pager: On call now: <@U…>`: whoever may decide under an on-call-only approver group."""
+    names = ", ".join(mention(who) for who in on_call) or "nobody"
+    return _cut(f":pager: On call now: {names}", SECTION_TEXT)
 
 
 def quorum_progress(approval: Approval, voters: Sequence[str]) -> str:
@@ -560,6 +574,37 @@ def outcome_reply(approval: Approval, outcome: str, detail: str | None) -> dict[
     if detail:
         text, _ = _fit_lines(redact_text(detail), 1500)
         blocks.append(_section(code_block(text), "detail"))
+    return {"text": _cut(line, MESSAGE_TEXT), "blocks": blocks}
+
+
+def permalink(workspace_url: str | None, channel: str, ts: str) -> str | None:
+    """A message's link, `https://team.slack.com/archives/C…/p…` (Slack's permalink form), if buildable."""
+    if (
+        not workspace_url
+        or not workspace_url.startswith("https://")
+        or any(c in workspace_url for c in "<>|")
+    ):
+        return None
+    if not _CHANNEL_ID.fullmatch(channel) or not _TS.fullmatch(ts):
+        return None
+    return f"{workspace_url.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}"
+
+
+def escalation_message(
+    approval: Approval, *, now: datetime, usergroup: str | None, link: str | None
+) -> dict[str, Any]:
+    """The re-post of a request nobody decided in time, mentioning `usergroup` and linking the request."""
+    waited = human_duration((now - approval.created_at).total_seconds())
+    who = f"{inline(approval.tool)} requested by {inline(approval.identity)}"
+    line = f":rotating_light: Still undecided after {waited}: {who}."
+    if usergroup:
+        group = f"<!subteam^{usergroup}>" if _USERGROUP_ID.fullmatch(usergroup) else escape(usergroup)
+        line = f"{group} {line}"
+    left = human_duration((approval.expires_at - now).total_seconds())
+    detail = f"It expires in {left}, and is then denied."
+    if link:
+        detail += f" <{link}|Open the request> to decide."
+    blocks = [_section(line, "escalation"), _context(detail), _footer(approval)]
     return {"text": _cut(line, MESSAGE_TEXT), "blocks": blocks}
 
 

@@ -34,13 +34,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot import blocks
+from bot.slack_config import SlackConfig
 from proxy.approvals import ClickResult
-from proxy.config import SlackConfig
+from proxy.approvers import NOT_AN_APPROVER, Refused
 from proxy.history import PastDecision, recent_decisions
+from proxy.pagerduty import PagerDutyError
 from proxy.store import PENDING, Approval, utcnow
 
 if TYPE_CHECKING:
-    from proxy.app import ChannelHost
+    from proxy.channels import ChannelHost
 
 log = logging.getLogger("signoff.slack")
 
@@ -50,6 +52,7 @@ VIEWS_OPEN_BUDGET = 2.5  # a trigger_id dies 3 s after the click
 CONNECT_TIMEOUT = 15.0
 _POSTED_WAIT = 3.0  # how long a click waits to learn where its request was posted
 _REF_TTL = 120.0  # how long we remember a just-posted message for an update that outruns the broker
+ON_CALL_WAIT = 2.0  # how long a post waits to learn who is on call before saying it does not know
 # Errors Slack documents as transient: worth another try within the budget.
 _TRANSIENT = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
 _BAD_TOKEN = {
@@ -228,8 +231,11 @@ class SlackChannel:
     async def post(self, approval: Approval) -> tuple[str, str] | None:
         """Post the request to the rule's channel (or the default); retried within the budget, else raise."""
         channel = approval.channel or self.config.channel
+        on_call = await self._on_call(approval)
         history = await self._history(approval)
-        message = blocks.request_message(self._as_shown(approval), [], now=utcnow(), history=history)
+        message = blocks.request_message(
+            self._as_shown(approval), [], now=utcnow(), on_call=on_call, history=history
+        )
         posted: asyncio.Future[tuple[str, str] | None] = asyncio.get_running_loop().create_future()
         self._forget_old_posts()
         self._posting[approval.id] = (time.monotonic(), posted)
@@ -258,8 +264,9 @@ class SlackChannel:
             return
         shown, voters = self._as_shown(approval), [self._slack_name(v) for v in voters]
         if approval.status == PENDING:
+            on_call = await self._on_call(approval)
             history = await self._history(approval)
-            message = blocks.request_message(shown, voters, now=utcnow(), history=history)
+            message = blocks.request_message(shown, voters, now=utcnow(), on_call=on_call, history=history)
         else:
             message = blocks.decided_message(shown, voters)
         await self._call(
@@ -269,6 +276,45 @@ class SlackChannel:
         )
         if approval.status != PENDING:
             self._posting.pop(approval.id, None)
+
+    async def escalate(self, approval: Approval) -> None:
+        """Nobody decided in time: re-post to `escalate_to.channel`, or broadcast a reply in the
+        request's thread that mentions `escalate_to.usergroup` (neither: the PagerDuty incident only)."""
+        ref = await self._message_of(approval)
+        if approval.escalate_channel:
+            where: dict[str, Any] = {"channel": approval.escalate_channel}
+        elif approval.escalate_usergroup and ref is not None:
+            where = {"channel": ref[0], "thread_ts": ref[1], "reply_broadcast": True}
+        else:
+            return
+        link = blocks.permalink((await self._whoami()).get("url"), *ref) if ref else None
+        message = blocks.escalation_message(
+            self._as_shown(approval), now=utcnow(), usergroup=approval.escalate_usergroup, link=link
+        )
+        await self._call(
+            "chat.postMessage",
+            lambda: self.client.chat_postMessage(unfurl_links=False, unfurl_media=False, **where, **message),
+            self.config.post_timeout,
+        )
+        log.info("approval %s: escalation posted to %s", approval.id, where["channel"])
+
+    async def _on_call(self, approval: Approval) -> list[str] | None:
+        """Who is on call for the request's approver group, as Slack user IDs where known (else names).
+
+        None when the group follows no PagerDuty schedule; a short "unknown" when PagerDuty is slow or
+        down, so that the request is still posted at once.
+        """
+        try:
+            async with asyncio.timeout(ON_CALL_WAIT):
+                people = await self.host.directory.on_call(approval.approvers)
+        except (PagerDutyError, TimeoutError) as e:
+            log.warning(
+                "approval %s: cannot say who is on call: %s", approval.id, str(e) or "PagerDuty is slow"
+            )
+            return ["unknown (PagerDuty did not answer)"]
+        if people is None:
+            return None
+        return [p.slack_user or p.name for p in people]
 
     async def _history(self, approval: Approval) -> list[PastDecision] | None:
         """The caller's last decisions on the tool, deciders as Slack users; None if unreadable (the
@@ -445,8 +491,11 @@ class SlackChannel:
         if foreign is not None:
             return blocks.escape(foreign)
         person = self.host.people.by_slack(user)
-        if not user or not await self.host.directory.is_approver(approval.approvers, person):
-            self.host.audit_event("refused_click", approval, person.name, f"not an approver ({what})")
+        verdict = await self.host.directory.check(approval.approvers, person) if user else Refused("")
+        if isinstance(verdict, Refused):
+            self.host.audit_event("refused_click", approval, person.name, f"{verdict.short} ({what})")
+            if verdict.short != NOT_AN_APPROVER:
+                return blocks.escape(verdict.why)
             return blocks.escape(
                 f"Only this request's approvers ({approval.approvers}) may {what}; nothing changed."
             )

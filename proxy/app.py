@@ -11,29 +11,29 @@ import re
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from aiohttp import web
 
-from proxy import tracing
-from proxy.approvals import AGENT_GONE, GATEWAY_STOPPED, ApprovalChannel, Broker, ClickResult
+from proxy import channels, tracing
+from proxy.approvals import AGENT_GONE, GATEWAY_STOPPED, Broker
 from proxy.approvers import ApproverDirectory
 from proxy.audit import AuditLog
 from proxy.auth import BearerAuth, IdentityTable
 from proxy.bodylimit import ENVELOPE_BYTES, JsonBodyLimit
-from proxy.config import Config, ConfigError, SlackConfig
+from proxy.channels import ChannelHost, Fanout
+from proxy.config import Config, ConfigError
 from proxy.context import ContextProber
 from proxy.control import ControlServer
 from proxy.errors import StartupError
+from proxy.fastpath import LeanPath
 from proxy.gateway import Gateway
+from proxy.identity import Identity
 from proxy.metrics import Metrics
 from proxy.naming import Names
 from proxy.notify import PgListener
+from proxy.pagerduty import PagerDuty
 from proxy.people import People
 from proxy.pins import ToolPins
 from proxy.pipeline import Pipeline
@@ -52,30 +52,6 @@ from proxy.upstreams import Upstream
 from proxy.webui import ApprovalsApi, WebChannel
 
 log = logging.getLogger("signoff")
-
-
-@dataclass
-class ChannelHost:
-    """What an approval-channel plugin (such as the Slack bot) gets from the gateway."""
-
-    # (approval id, approve, person, reason, *, confirm_changed=False): see Broker.decide
-    decide: Callable[..., Awaitable[ClickResult]]
-    directory: ApproverDirectory
-    people: People
-    control_app: web.Application
-    store: Store
-    metrics: Metrics
-    audit_event: Callable[[str, Approval, str, str | None], None]
-
-
-def load_channel_plugin(name: str) -> Callable[[Any, ChannelHost], Any]:
-    """Find an approval channel by entry point (group `signoff.channels`); `proxy` never imports `bot`."""
-    for ep in entry_points(group="signoff.channels"):
-        if ep.name == name:
-            return ep.load()
-    raise StartupError(
-        f"no approval channel plugin named {name!r} is installed (entry point signoff.channels)"
-    )
 
 
 class _Uvicorn(uvicorn.Server):
@@ -116,14 +92,13 @@ class App:
             if config.audit.enabled
             else None
         )
-        self.directory = ApproverDirectory(config.approvers)
+        self.pagerduty = _pagerduty(config)
+        self.directory = ApproverDirectory(config.approvers, self.people, self.pagerduty)
         self.control = ControlServer(
             config.control.host, config.control.port, self.readiness, self.render_metrics
         )
         self.admin_token = config.control.admin_token or self._shared_admin_token()
-        self.channel: ApprovalChannel = WebChannel(self.page_url())
-        if config.slack is not None:
-            self.channel = self._slack_channel(config.slack)
+        self.channel = Fanout([WebChannel(self.page_url()), *self._plugin_channels(config)])
         modes = {name: cfg.on_tool_change for name, cfg in config.upstreams.items()}
         self.pins = ToolPins(self.store, self.names, modes, self.channel)
         for up in self.upstreams.values():
@@ -137,6 +112,8 @@ class App:
             replica=self.replica,
             progress_interval=config.approvals.progress_interval,
             on_event=self.audit_event,
+            pagerduty=self.pagerduty,
+            page_url=self.page_url(),
             prober=prober,
             metrics=self.metrics,
         )
@@ -165,6 +142,7 @@ class App:
             is_hidden=lambda upstream, tool: (
                 self.policies.is_hidden(upstream, tool) or self.pins.hides(upstream, tool)
             ),
+            would_hold=self._would_hold,
             stdio_identity=self.identities.stdio,
             presence=self.presence,
         )
@@ -234,21 +212,29 @@ class App:
             config.oidc.redirect_url or f"{base}/auth/oidc/callback",
         )
 
-    def _slack_channel(self, cfg: SlackConfig) -> ApprovalChannel:
-        factory = load_channel_plugin("slack")
-        host = ChannelHost(
-            decide=lambda *a, **kw: self.broker.decide(*a, **{"via": "slack", **kw}),
-            directory=self.directory,
-            people=self.people,
-            control_app=self.control.app,
-            store=self.store,
-            metrics=self.metrics,
-            audit_event=self.audit_event,
-        )
-        try:
-            return factory(cfg, host)
-        except Exception as e:
-            raise StartupError(f"the Slack channel could not be set up: {e}") from e
+    def _plugin_channels(self, config: Config) -> list[Any]:
+        """Every configured channel plugin (Slack, a webhook, …), each with its own validated section."""
+        found = []
+        for name, section in channels.configured(config.model_dump(include={"slack", "channels"})).items():
+            model, errors = channels.validate(name, section)
+            if model is None:
+                raise ConfigError(errors)
+            host = ChannelHost(
+                # Decisions made there are counted by channel (the metrics' `channel` label).
+                decide=lambda *a, via=name, **kw: self.broker.decide(*a, via=via, **kw),
+                directory=self.directory,
+                people=self.people,
+                control_app=self.control.app,
+                store=self.store,
+                metrics=self.metrics,
+                audit_event=self.audit_event,
+                page_url=self.page_url(),
+            )
+            try:
+                found.append(channels.create(name, model, host))
+            except Exception as e:
+                raise StartupError(f"the {name} channel could not be set up: {e}") from e
+        return found
 
     def page_url(self) -> str:
         base = self.config.control.public_url or f"http://{self.config.control.host}:{self.control.port}"
@@ -274,13 +260,11 @@ class App:
         if self.listener is not None:
             self.listener.start()
         await self._open_control_port()
-        # The channel first: recovering approvals at start rewrites their messages.
-        start = getattr(self.channel, "start", None)
-        if start is not None:
-            try:
-                await start()
-            except Exception as e:
-                raise StartupError(f"the approval channel could not start: {e}") from e
+        # The channels first: recovering approvals at start rewrites their messages.
+        try:
+            await self.channel.start()
+        except Exception as e:
+            raise StartupError(f"the approval channel could not start: {e}") from e
         await self.broker.start(await self.live_instances())
         if self.audit is not None:
             self.audit.start()
@@ -335,10 +319,7 @@ class App:
         await self.broker.stop()
         if self.listener is not None:
             await self.listener.stop()
-        stop = getattr(self.channel, "stop", None)
-        if stop is not None:
-            with contextlib.suppress(Exception):
-                await stop()
+        await self.channel.stop()
         await self.policies.stop()
         if self.audit is not None:
             await self.audit.stop()
@@ -348,6 +329,8 @@ class App:
         with contextlib.suppress(Exception):
             await self.store.forget_instance(self.instance)
         await self.store.close()
+        if self.pagerduty is not None:
+            await self.pagerduty.close()
         await tracing.shutdown()
 
     async def _housekeeping(self) -> None:
@@ -395,6 +378,15 @@ class App:
         for approval_id, held in list(self.broker.held.items()):
             if held.approval.session_id == down.id:
                 await self.broker.withdraw(approval_id, AGENT_GONE)
+
+    def _would_hold(self, identity: Identity, upstream: str, tool: str, arguments: dict[str, Any]) -> bool:
+        """Whether a call would wait for a human: by the policy, its annotations, or a changed definition."""
+        up = self.upstreams.get(upstream)
+        info = up.tools.get(tool) if up is not None else None
+        annotations = info.get("annotations") if info else None
+        if self.pins.needs_approval(upstream, tool) or (up is not None and not up.catalog_loaded):
+            return True  # (not yet listed: the pins cannot be checked, the SDK path waits for them)
+        return self.policies.would_hold(identity, upstream, tool, arguments, annotations)
 
     async def _check_catalog(self, upstream: str, tools: dict[str, dict[str, Any]]) -> None:
         """Every newly listed catalog is checked against the tool pins before it is used."""
@@ -458,7 +450,16 @@ class App:
         watched = WatchResponses(
             JsonBodyLimit(starlette, body_limit), self.presence, json_response=listen.json_response
         )
-        front = BearerAuth(watched, self.identities)
+        self.lean = LeanPath(
+            watched,
+            self.gateway,
+            self.metrics,
+            path=listen.path,
+            json_response=listen.json_response,
+            body_limit=body_limit,
+            loopback=listen.host in ("127.0.0.1", "localhost", "::1"),
+        )
+        front = BearerAuth(self.lean, self.identities)
         # A client's `traceparent` header parents the request's spans (only when traces are exported).
         return tracing.TraceContext(front) if tracing.enabled() else front
 
@@ -521,6 +522,14 @@ class App:
             self.metrics.upstream_restarts.labels(name).set(up.shared.restarts)
         self.metrics.pending_approvals.set(len(self.broker.held))
         return self.metrics.render()
+
+
+def _pagerduty(config: Config) -> PagerDuty | None:
+    """The PagerDuty client when configured; its secrets come from the environment (unset: ConfigError)."""
+    cfg = config.pagerduty
+    if cfg is None:
+        return None
+    return PagerDuty(cfg, cfg.api_token(), cfg.routing_key())
 
 
 def admin_token_path(config: Config) -> Path | None:

@@ -23,8 +23,12 @@ import orjson
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from proxy.approvers import Allowed, Refused
 from proxy.calls import ToolCall
+from proxy.channels import ApprovalChannel
 from proxy.context import after_click, ask_again, context_json, same_state
+from proxy.escalation import Escalation
+from proxy.pagerduty import PagerDuty
 from proxy.people import Person
 from proxy.policy import ApprovalSpec, Decision
 from proxy.redact import display_mask
@@ -42,33 +46,9 @@ AGENT_GONE = "the agent went away"
 GATEWAY_STOPPED = "the gateway shut down"
 
 
-class ApprovalChannel(Protocol):
-    """Where approval requests are shown to humans (Slack, the approvals page, …)."""
-
-    def where(self, approval: Approval) -> str:
-        """Where the request waits, for progress messages: `in #ops`, `on the approvals page`."""
-        ...
-
-    async def post(self, approval: Approval) -> tuple[str, str] | None:
-        """Show a new request; returns (channel, message id) for later updates. Raises if it cannot."""
-        ...
-
-    async def update(self, approval: Approval, voters: list[str]) -> None:
-        """Re-render a request after a vote or its final decision."""
-        ...
-
-    async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
-        """Report what happened when an approved call ran."""
-        ...
-
-    async def announce_tool_change(self, upstream: str, tool: str, diff: str, action: str) -> None:
-        """Tell the approvers an upstream changed a tool's definition (`diff`) and what signoff does now."""
-        ...
-
-
 class Approvers(Protocol):
-    async def is_approver(self, group: str | None, person: Person) -> bool:
-        """Whether `person` may decide requests of approver group `group` (None: anyone who sees it)."""
+    async def check(self, group: str | None, person: Person) -> Allowed | Refused:
+        """Whether `person` may decide requests of approver group `group` now (None: anyone who sees it)."""
         ...
 
 
@@ -142,6 +122,8 @@ class Broker:
         replica: str,
         progress_interval: float = 5.0,
         on_event: Callable[[str, Approval, str, str | None], None] | None = None,
+        pagerduty: PagerDuty | None = None,
+        page_url: str = "",
         prober: ContextProber | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -159,6 +141,7 @@ class Broker:
         self.scheduler = AsyncIOScheduler(job_defaults={"misfire_grace_time": None, "coalesce": True})
         self._poll_since = utcnow()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.escalation = Escalation(store, channel, pagerduty, page_url, self.scheduler, self._background)
         self.prober = prober  # reads the target's live state for the request (policy `approval.context`)
         self.metrics = metrics
 
@@ -170,6 +153,7 @@ class Broker:
         await self.sweep(live_instances)
         for approval_id, expires_at in await self.store.pending_ids():
             self._schedule_expiry(approval_id, expires_at)
+        await self.escalation.start()
 
     async def stop(self) -> None:
         if self.scheduler.running:
@@ -187,6 +171,7 @@ class Broker:
         )
         for approval_id in orphans:
             await self._finished_id(approval_id)
+        await self.escalation.sweep()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -225,10 +210,13 @@ class Broker:
             replica=self.replica,
             context=context,
         )
+        _plan_escalation(approval, spec)
         await self.store.add_approval(approval)
         if spec.mode == "hold":
             self.held[approval.id] = HeldCall(approval, call.id)
         self._schedule_expiry(approval.id, approval.expires_at)
+        if approval.escalate_at is not None:
+            self.escalation.schedule(approval.id, approval.escalate_at)
         try:
             ref = await self.channel.post(approval)
         except Exception as e:
@@ -316,14 +304,10 @@ class Broker:
         if approval.status != PENDING:
             self._event("late_click", approval, user, approval.status)
             return ClickResult(False, approval.status, already_decided(approval))
-        if not await self.approvers.is_approver(approval.approvers, person):
-            self._event("refused_click", approval, user, "not an approver")
-            return ClickResult(
-                False,
-                PENDING,
-                f"You ({user}) are not an approver for this request (approver group: {approval.approvers}).",
-                refused=True,
-            )
+        verdict = await self.approvers.check(approval.approvers, person)
+        if isinstance(verdict, Refused):
+            self._event("refused_click", approval, user, verdict.short)
+            return ClickResult(False, PENDING, verdict.why, refused=True)
         if not approval.allow_self_approval and person.is_(approval.acts_for):
             self._event("refused_click", approval, user, "self-approval")
             return ClickResult(
@@ -455,8 +439,9 @@ class Broker:
     # -- internals ---------------------------------------------------------------------------
 
     async def _finished(self, row: Approval, voters: list[str] | None = None) -> None:
-        """We won the decision: wake the waiter, stop the timer, rewrite the message."""
+        """We won the decision: wake the waiter, stop the timers, rewrite the message."""
         self._unschedule(row.id)
+        self.escalation.ended(row)
         held = self.held.get(row.id)
         if held is not None:
             held.settle(row.status, row)
@@ -488,6 +473,7 @@ class Broker:
     def _unschedule(self, approval_id: str) -> None:
         with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(approval_id)
+        self.escalation.unschedule(approval_id)
 
     # -- context and metrics (proxy.context, proxy.metrics) ----------------------------------------
 
@@ -526,6 +512,16 @@ class Broker:
     def _event(self, event: str, approval: Approval, user: str, detail: str | None) -> None:
         if self.on_event is not None:
             self.on_event(event, approval, user, detail)
+
+
+def _plan_escalation(approval: Approval, spec: ApprovalSpec) -> None:
+    """When (and where) the request escalates if still undecided; stored with it for every replica."""
+    if spec.escalate_after is None:
+        return
+    approval.escalate_at = approval.created_at + timedelta(seconds=spec.escalate_after)
+    if spec.escalate_to is not None:
+        approval.escalate_channel = spec.escalate_to.channel
+        approval.escalate_usergroup = spec.escalate_to.usergroup
 
 
 def already_decided(approval: Approval) -> str:

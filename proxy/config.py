@@ -154,37 +154,88 @@ class PersonConfig(_Model):
 
 
 class ApproverGroupConfig(_Model):
-    """Who may decide: people by name, Slack user IDs and/or a Slack user group (via the Web API)."""
+    """Who may decide: people by name, Slack user IDs and/or a Slack user group (via the Web API).
+
+    With a PagerDuty schedule (or escalation policy), `on_call_only` says whether only the member on
+    call at the moment of the click decides: `true` (the default; PagerDuty unreachable refuses the
+    click), `prefer` (PagerDuty unreachable or naming nobody of the group: any member decides) or
+    `false` (PagerDuty only names who is on call in the message).
+    """
 
     people: list[str] = Field(default_factory=list)
     users: list[str] = Field(default_factory=list)
     usergroup: str | None = None
+    pagerduty_schedule: str | None = None
+    pagerduty_escalation_policy: str | None = None
+    on_call_only: Literal[True, False, "prefer"] | None = None
 
     @model_validator(mode="after")
     def _someone(self) -> ApproverGroupConfig:
         if not self.people and not self.users and not self.usergroup:
             raise ValueError("an approver group needs `people`, `users` (Slack user IDs) and/or `usergroup`")
+        if self.pagerduty_schedule and self.pagerduty_escalation_policy:
+            raise ValueError("give `pagerduty_schedule` or `pagerduty_escalation_policy`, not both")
+        if self.on_call_only not in (None, False) and self.pagerduty_target is None:
+            raise ValueError("`on_call_only` needs `pagerduty_schedule` or `pagerduty_escalation_policy`")
         return self
 
+    @property
+    def pagerduty_target(self) -> tuple[str, str] | None:
+        """("schedule" | "escalation_policy", id) when the group follows PagerDuty."""
+        if self.pagerduty_schedule:
+            return "schedule", self.pagerduty_schedule
+        if self.pagerduty_escalation_policy:
+            return "escalation_policy", self.pagerduty_escalation_policy
+        return None
 
-class SlackConfig(_Model):
-    bot_token: str
-    app_token: str | None = None
-    signing_secret: str | None = None
-    channel: str
-    mode: Literal["socket", "http"] = "socket"
-    api_url: str | None = None  # tests only: a fake Web API on 127.0.0.1
-    # Added for the Slack bot (issue 5): how long posting a request may take, retries included,
-    # before the call fails closed with approval_unavailable.
-    post_timeout: Duration = 10.0
+    @property
+    def on_call_rule(self) -> Literal["only", "prefer", "off"]:
+        """How being on call counts; a group following PagerDuty defaults to "only" (fail closed)."""
+        if self.pagerduty_target is None or self.on_call_only is False:
+            return "off"
+        return "prefer" if self.on_call_only == "prefer" else "only"
 
-    @model_validator(mode="after")
-    def _mode_needs(self) -> SlackConfig:
-        if self.mode == "socket" and not self.app_token:
-            raise ValueError("socket mode needs `app_token` (xapp-…, with connections:write)")
-        if self.mode == "http" and not self.signing_secret:
-            raise ValueError("http mode needs `signing_secret` to verify Slack's requests")
-        return self
+
+def _http_base(value: str) -> str:
+    """An https:// base URL (plain http only on loopback, for tests), without a trailing slash."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"must be an https:// URL, got {value!r}")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ValueError("must use https (plain http is accepted only for 127.0.0.1 / localhost)")
+    return value.rstrip("/")
+
+
+BaseUrl = Annotated[str, AfterValidator(_http_base)]
+
+
+class PagerDutyConfig(_Model):
+    """PagerDuty: the REST API says who is on call; the Events API v2 pages when a request waits too long."""
+
+    api_token_env: str | None = None  # a REST API key (read-only is enough)
+    api_url: BaseUrl = "https://api.pagerduty.com"
+    events_url: BaseUrl = "https://events.pagerduty.com"
+    routing_key_env: str | None = None  # an Events API v2 integration key, for escalation incidents
+    # How long an answer about who is on call is trusted: seconds, so a handover shows up quickly.
+    on_call_cache: Duration = 10.0
+    timeout: Duration = 5.0
+
+    def api_token(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The REST API token from `api_token_env` (None when not configured); unset is an error."""
+        return _from_env("pagerduty.api_token_env", self.api_token_env, env)
+
+    def routing_key(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The Events API routing key from `routing_key_env` (None when not configured); unset is an error."""
+        return _from_env("pagerduty.routing_key_env", self.routing_key_env, env)
+
+
+def _from_env(field: str, name: str | None, env: Mapping[str, str] | None) -> str | None:
+    if name is None:
+        return None
+    value = (os.environ if env is None else env).get(name)
+    if not value:
+        raise ConfigError([f"{field}: environment variable {name} is not set"])
+    return value
 
 
 class OidcConfig(_Model):
@@ -265,12 +316,15 @@ class Config(_Model):
     control: ControlConfig = Field(default_factory=ControlConfig)
     database_url: str = "sqlite+aiosqlite:///signoff.db"
     policy: str | dict[str, Any] | None = None
-    slack: SlackConfig | None = None
+    # Approval channels (plugins, `proxy.channels`): each section is checked by its plugin's own model.
+    slack: dict[str, Any] | None = None
+    channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     identities: dict[str, IdentityConfig] = Field(default_factory=dict)
     stdio_identity: str | None = None
     people: dict[str, PersonConfig] = Field(default_factory=dict)
     approvers: dict[str, ApproverGroupConfig] = Field(default_factory=dict)
     oidc: OidcConfig | None = None
+    pagerduty: PagerDutyConfig | None = None
     audit: AuditConfig = Field(default_factory=AuditConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     max_argument_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
@@ -422,11 +476,22 @@ def parse_config(data: Any, base_dir: Path = Path("."), env: dict[str, str] | No
         errors.extend(format_validation_error(e))
         raise ConfigError(errors) from None
     errors += _cross_references(config)
+    errors += _channel_errors(config)
     if errors:
         raise ConfigError(errors)
     config.base_dir = base_dir
     config.database_url = _anchor_sqlite(config.database_url, base_dir)
     return config
+
+
+def _channel_errors(config: Config) -> list[str]:
+    """Each channel section, checked by its plugin (so a typo in `slack:` is refused at start)."""
+    from proxy import channels
+
+    errors: list[str] = []
+    for name, section in channels.configured(config.model_dump(include={"slack", "channels"})).items():
+        errors += channels.validate(name, section)[1]
+    return errors
 
 
 def _cross_references(config: Config) -> list[str]:
@@ -440,6 +505,28 @@ def _cross_references(config: Config) -> list[str]:
     for name, group in config.approvers.items():
         unknown = [p for p in group.people if p not in config.people]
         errors += [f"approvers.{name}.people: {p!r} is not one of `people`" for p in unknown]
+        errors += _on_call_references(config, name, group)
+    return errors
+
+
+def _on_call_references(config: Config, name: str, group: ApproverGroupConfig) -> list[str]:
+    """A group following PagerDuty needs its API token, and its people emails to be matched by."""
+    if group.pagerduty_target is None:
+        return []
+    kind = group.pagerduty_target[0]
+    errors = []
+    if config.pagerduty is None or config.pagerduty.api_token_env is None:
+        errors.append(
+            f"approvers.{name}.pagerduty_{kind}: needs `pagerduty.api_token_env` "
+            "(a PagerDuty REST API key, to ask who is on call)"
+        )
+    if group.on_call_rule != "off":
+        for person in group.people:
+            if person in config.people and not config.people[person].email:
+                errors.append(
+                    f"approvers.{name}.people: {person!r} has no `email` in `people`; "
+                    "PagerDuty's on-call users are matched by email"
+                )
     return errors
 
 

@@ -28,7 +28,7 @@ from mcp_types import (
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from proxy.calls import ToolCall, UnknownTool
+from proxy.calls import ProgressFn, ToolCall, UnknownTool
 from proxy.identity import ANONYMOUS, Identity
 from proxy.naming import Names
 from proxy.presence import SCOPE_KEY, Presence
@@ -84,6 +84,7 @@ class Gateway:
         names: Names,
         calls: CallHandler,
         is_hidden: Callable[[str, str], bool] = lambda upstream, tool: False,
+        would_hold: Callable[[Identity, str, str, dict[str, Any]], bool] = lambda *_: False,
         stdio_identity: Identity = ANONYMOUS,
         name: str = "signoff",
         presence: Presence | None = None,
@@ -92,9 +93,11 @@ class Gateway:
         self.names = names
         self.calls = calls
         self.is_hidden = is_hidden
+        self.would_hold = would_hold
         self.stdio_identity = stdio_identity
         self.presence = presence  # HTTP front only: notices clients that leave without a word
         self.sessions: set[Downstream] = set()
+        self.by_session_id: dict[str, Downstream] = {}  # HTTP sessions, for the lean path
         self.on_session_close: list[Callable[[Downstream], Awaitable[None]]] = []
         # Called with a ToolCall's id when its HTTP client left and did not come back within the grace.
         self.on_call_abandoned: list[Callable[[str], Awaitable[None]]] = []
@@ -164,6 +167,7 @@ class Gateway:
             down.capabilities = frozenset()
         else:
             self.sessions.add(down)
+            self.by_session_id[down.id] = down
             down.on_close.append(self._session_closed)
         return down
 
@@ -175,6 +179,7 @@ class Gateway:
 
     async def _session_closed(self, down: Downstream) -> None:
         self.sessions.discard(down)
+        self.by_session_id.pop(down.id, None)
         for hook in self.on_session_close:
             await hook(down)
         for key in list(down.subscriptions):
@@ -183,8 +188,11 @@ class Gateway:
     # -- tools -------------------------------------------------------------------------------
 
     async def list_tools(self, ctx: Ctx, _: Any) -> dict[str, Any]:
-        down = self.session(ctx)
-        cursor = (ctx.params or {}).get("cursor")
+        return await self.tools_list(self.session(ctx), ctx.params or {})
+
+    async def tools_list(self, down: Downstream, params: dict[str, Any]) -> dict[str, Any]:
+        """`tools/list` for a client session: every upstream's tools, namespaced, hidden ones left out."""
+        cursor = params.get("cursor")
         if not self.names.prefixed:
             up = self._only()
             result = await self._request(down, up, "tools/list", {"cursor": cursor} if cursor else None)
@@ -207,12 +215,28 @@ class Gateway:
 
     async def call_tool(self, ctx: Ctx, _: Any) -> dict[str, Any]:
         raw = ctx.params or {}
+        meta = raw.get("_meta") or {}
+        progress = ctx.session.report_progress if "progressToken" in meta else None
+        return await self.tools_call(self.session(ctx), raw, progress=progress, ctx=ctx)
+
+    async def tools_call(
+        self,
+        down: Downstream,
+        raw: dict[str, Any],
+        *,
+        progress: ProgressFn | None = None,
+        ctx: Ctx | None = None,
+    ) -> dict[str, Any]:
+        """`tools/call` for a client session: through the pipeline, then to the upstream that owns the tool.
+
+        `ctx` is the SDK's request context when the call came through the SDK (it routes upstream
+        requests back to this request's stream and watches whether the client stays); the lean
+        HTTP path (`proxy.fastpath`) has none and takes only calls that need neither.
+        """
         public = raw.get("name", "")
         arguments = raw.get("arguments")
-        down = self.session(ctx)
         resolved = self.names.resolve(public)
         up = self.upstreams[resolved[0]] if resolved is not None else None
-        meta = raw.get("_meta") or {}
         call = ToolCall(
             identity=down.identity,
             session_id=down.id,
@@ -221,8 +245,8 @@ class Gateway:
             tool=resolved[1] if resolved is not None else public,
             public_name=public,
             arguments=arguments if isinstance(arguments, dict) else {},
-            meta=upstream_meta(meta),
-            progress=ctx.session.report_progress if "progressToken" in meta else None,
+            meta=upstream_meta(raw.get("_meta") or {}),
+            progress=progress,
             tool_info=None,
         )
         try:
@@ -238,20 +262,38 @@ class Gateway:
             if c.meta:
                 params["_meta"] = c.meta
             link = down.link_for(up)
+            if ctx is None:
+                return await link.request("tools/call", params, timeout=up.config.call_timeout)
             with down.tracking(up.name, ctx):
                 return await link.request(
-                    "tools/call",
-                    params,
-                    timeout=up.config.call_timeout,
-                    on_progress=c.progress,
+                    "tools/call", params, timeout=up.config.call_timeout, on_progress=c.progress
                 )
 
         call.forward = forward
         try:
+            if ctx is None:
+                return await self.calls(call)
             with self._in_flight(call, down, ctx):
                 return await self.calls(call)
         except UnknownTool:
             raise _unknown_tool(public) from None
+
+    def answers_at_once(self, down: Downstream, raw: dict[str, Any]) -> bool:
+        """Whether a `tools/call` can be answered without the SDK's per-request machinery.
+
+        Not when the client session can take server requests (they ride the request's stream), when
+        the client wants progress, or when the policy would hold the call for a human (a held call's
+        stream is watched and resumable).
+        """
+        if down.capabilities or "progressToken" in (raw.get("_meta") or {}):
+            return False
+        resolved = self.names.resolve(raw.get("name", ""))
+        if resolved is None:
+            return True  # unknown: answered at once, like a hidden tool
+        arguments = raw.get("arguments")
+        return not self.would_hold(
+            down.identity, resolved[0], resolved[1], arguments if isinstance(arguments, dict) else {}
+        )
 
     @contextlib.contextmanager
     def _in_flight(self, call: ToolCall, down: Downstream, ctx: Ctx) -> Iterator[None]:

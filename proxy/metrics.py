@@ -59,6 +59,12 @@ class Metrics:
         self.audit_dropped = Counter(
             "signoff_audit_write_failures", "Audit batches that could not be written", registry=self.registry
         )
+        self.lean_answers = Counter(
+            "signoff_lean_answers",
+            "tools/call and tools/list requests answered on the lean HTTP path (not the SDK's server)",
+            ["method"],
+            registry=self.registry,
+        )
 
     def observe_call(self, tool: str, decision: str, outcome: str, seconds: float) -> None:
         self.calls.labels(tool, decision, outcome).inc()

@@ -152,6 +152,18 @@ class PolicySet:
                 )
         return problems
 
+    def would_hold(
+        self,
+        identity: Identity,
+        upstream: str,
+        tool: str,
+        arguments: dict[str, Any],
+        annotations: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Whether a call would wait for a human (an enforced `require_approval`)."""
+        verdict = self.decide(identity, upstream, tool, arguments, annotations)
+        return verdict.enforced and verdict.decision.action == "require_approval"
+
     def revision(self, upstream: str) -> str:
         return self._policy_for(upstream)[0].revision
 

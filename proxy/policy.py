@@ -18,7 +18,8 @@ Native format (YAML or JSON; unknown keys are errors so typos never pass silentl
           - {path: "$.spec.replicas", op: lte, value: 3}
         action: require_approval           # allow | deny | require_approval | rate_limit
         reason: "shown to the agent when the call is refused"
-        approval: {approvers: oncall, channel: C0123, timeout: 10m, quorum: 2, mode: hold}
+        approval: {approvers: oncall, channel: C0123, timeout: 10m, quorum: 2, mode: hold,
+                   escalate_after: 5m, escalate_to: {channel: C0ESCALATE, usergroup: S0LEADS}}
         rate_limit: {max: 10, window: 1m, per: identity}   # per: identity | session | global
     annotated_destructive: require_approval   # require_approval | default (see below)
 
@@ -110,6 +111,14 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class EscalateTo:
+    """Where an undecided request is re-posted when it escalates (besides the PagerDuty incident)."""
+
+    channel: str | None = None
+    usergroup: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ContextProbe:
     """A read tool signoff runs itself to show approvers the live state of the call's target."""
 
@@ -122,7 +131,7 @@ class ContextProbe:
 
 @dataclass(frozen=True, slots=True)
 class ApprovalSpec:
-    """Who must approve, where, and how long the call may wait."""
+    """Who must approve, where, how long the call may wait, and when nobody deciding pages someone."""
 
     approvers: str | None
     channel: str | None
@@ -130,6 +139,8 @@ class ApprovalSpec:
     quorum: int
     mode: ApprovalMode
     allow_self_approval: bool
+    escalate_after: float | None = None
+    escalate_to: EscalateTo | None = None
     context: ContextProbe | None = None
 
 
@@ -328,6 +339,11 @@ class ConditionModel(_Model):
         return value
 
 
+class EscalateToModel(_Model):
+    channel: NonEmptyStr | None = None
+    usergroup: NonEmptyStr | None = None
+
+
 MAX_PROBE_TIMEOUT = 10.0
 
 
@@ -387,6 +403,8 @@ class ApprovalModel(_Model):
     quorum: Quorum | None = None
     mode: ApprovalMode | None = None
     allow_self_approval: StrictBool | None = None
+    escalate_after: Duration | None = None
+    escalate_to: EscalateToModel | None = None
     context: ContextModel | None = None
 
 
@@ -397,6 +415,8 @@ class ApprovalDefaultsModel(_Model):
     quorum: Quorum = DEFAULT_APPROVAL.quorum
     mode: ApprovalMode = DEFAULT_APPROVAL.mode
     allow_self_approval: StrictBool = DEFAULT_APPROVAL.allow_self_approval
+    escalate_after: Duration | None = None
+    escalate_to: EscalateToModel | None = None
 
 
 class RateLimitModel(_Model):
@@ -446,7 +466,15 @@ class PolicyModel(_Model):
 _KNOWN_FIELDS = sorted(
     {
         name
-        for model in (ConditionModel, ApprovalModel, ContextModel, RateLimitModel, RuleModel, PolicyModel)
+        for model in (
+            ConditionModel,
+            ApprovalModel,
+            EscalateToModel,
+            ContextModel,
+            RateLimitModel,
+            RuleModel,
+            PolicyModel,
+        )
         for name in model.model_fields
     }
 )
@@ -501,6 +529,29 @@ def _duplicate_name_errors(raw_rules: Any) -> list[str]:
     return errors
 
 
+def _spec_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """ApprovalSpec fields from a model dump: the nested `escalate_to` becomes its dataclass."""
+    if isinstance(fields.get("escalate_to"), dict):
+        return {**fields, "escalate_to": EscalateTo(**fields["escalate_to"])}
+    return fields
+
+
+def _escalation_errors(spec: ApprovalSpec, where: str) -> list[str]:
+    """An escalation that could never happen is a mistake worth saying at load."""
+    if spec.escalate_after is None:
+        return (
+            [f"{where}.escalate_to: needs escalate_after (how long a request waits first)"]
+            if spec.escalate_to
+            else []
+        )
+    if spec.escalate_after >= spec.timeout:
+        return [
+            f"{where}.escalate_after: {spec.escalate_after:g}s is not shorter than the timeout "
+            f"({spec.timeout:g}s), so the request would expire before it escalates"
+        ]
+    return []
+
+
 def native_spec(data: Mapping[str, Any]) -> PolicySpec:
     """Validate a native policy and normalise it; raise PolicyError listing every problem."""
     errors = _duplicate_name_errors(data.get("rules"))
@@ -511,18 +562,17 @@ def native_spec(data: Mapping[str, Any]) -> PolicySpec:
     if errors:
         raise PolicyError(errors)
 
-    defaults = ApprovalSpec(**model.approval_defaults.model_dump())
+    defaults = ApprovalSpec(**_spec_fields(model.approval_defaults.model_dump()))
     rules = []
     for index, rule in enumerate(model.rules):
         name = rule.name or f"rules[{index}]"
         approval = None
         if rule.action == "require_approval":
-            overrides: dict[str, Any] = {}
-            if rule.approval is not None:
-                overrides = rule.approval.model_dump(exclude_none=True, exclude={"context"})
-                if rule.approval.context is not None:
-                    overrides["context"] = rule.approval.context.spec()
-            approval = replace(defaults, **overrides)
+            overrides = rule.approval.model_dump(exclude_none=True) if rule.approval else {}
+            if rule.approval is not None and rule.approval.context is not None:
+                overrides["context"] = rule.approval.context.spec()
+            approval = replace(defaults, **_spec_fields(overrides))
+            errors += _escalation_errors(approval, f"rules.{index}.approval")
         limit = None
         if rule.rate_limit is not None:
             limit = RateLimit(
@@ -547,6 +597,10 @@ def native_spec(data: Mapping[str, Any]) -> PolicySpec:
                 rate_limit=limit,
             )
         )
+    if model.default == "require_approval":
+        errors += _escalation_errors(defaults, "approval_defaults")
+    if errors:
+        raise PolicyError(errors)
     return PolicySpec(
         source_format="signoff",
         mode=model.mode,
@@ -708,6 +762,18 @@ class _Rule:
         return bool(groups) and not self.groups.isdisjoint(groups)
 
 
+def _approval_doc(spec: ApprovalSpec | None) -> dict[str, Any] | None:
+    """An approval's meaning for the revision; unused escalation keys left out so that policies
+    written before escalation existed keep their revision."""
+    if spec is None:
+        return None
+    doc = asdict(spec)
+    for key in ("escalate_after", "escalate_to"):
+        if doc[key] is None:
+            del doc[key]
+    return doc
+
+
 def _canonical(spec: PolicySpec) -> str:
     def conditions(items: tuple[ConditionSpec, ...]) -> list[Any]:
         return [[c.path, c.op, c.value] for c in items]
@@ -722,7 +788,7 @@ def _canonical(spec: PolicySpec) -> str:
             "when": conditions(r.when),
             "unless": conditions(r.unless),
             "reason": r.reason,
-            "approval": asdict(r.approval) if r.approval else None,
+            "approval": _approval_doc(r.approval),
             "rate_limit": asdict(r.rate_limit) if r.rate_limit else None,
         }
         for r in spec.rules
@@ -732,7 +798,7 @@ def _canonical(spec: PolicySpec) -> str:
         "default": spec.default,
         "default_rule": spec.default_rule,
         "default_reason": spec.default_reason,
-        "default_approval": asdict(spec.default_approval) if spec.default_approval else None,
+        "default_approval": _approval_doc(spec.default_approval),
         "hide": sorted(set(spec.hide)),
         "rules": rules,
     }

@@ -52,6 +52,7 @@ class Downstream:
     inflight: dict[Any, tuple[str, ServerRequestContext[Any, Any]]] = field(default_factory=dict)
     subscriptions: set[tuple[str, str]] = field(default_factory=set)
     closed: bool = False
+    modern: bool = False  # a 2026-07-28 request: a "session" that lives for one request
     last_used: dict[str, float] = field(default_factory=dict)
     on_close: list[Callable[[Downstream], Awaitable[None]]] = field(default_factory=list)
 

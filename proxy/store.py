@@ -66,6 +66,12 @@ class Approval(SQLModel, table=True):
     policy_revision: str = ""
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime = Field(index=True)
+    # Escalation (schema version 2): when a still-undecided request pages someone, where it is
+    # re-posted, and when it did escalate (set once, by whichever process claimed it).
+    escalate_at: datetime | None = None
+    escalate_channel: str | None = None
+    escalate_usergroup: str | None = None
+    escalated_at: datetime | None = None
     decided_at: datetime | None = Field(default=None, index=True)
     decided_by: str | None = None
     decision_reason: str | None = None
@@ -178,6 +184,15 @@ class SchemaVersion(SQLModel, table=True):
 # new tables; these alter existing ones. Every replica runs them at start, under a lock on PostgreSQL.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, []),  # the first release's schema, as the models above define it
+    (
+        2,
+        [
+            "ALTER TABLE approval ADD COLUMN escalate_at TIMESTAMP WITH TIME ZONE",
+            "ALTER TABLE approval ADD COLUMN escalate_channel VARCHAR",
+            "ALTER TABLE approval ADD COLUMN escalate_usergroup VARCHAR",
+            "ALTER TABLE approval ADD COLUMN escalated_at TIMESTAMP WITH TIME ZONE",
+        ],
+    ),
     (4, ["ALTER TABLE approval ADD COLUMN context JSON"]),  # the context probe's answer (proxy.context)
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -401,6 +416,38 @@ class Store:
                 )
             )
             return [(r[0], r[1]) for r in rows.all()]
+
+    async def claim_escalation(self, approval_id: str, now: datetime) -> Approval | None:
+        """Mark a pending, not yet escalated request as escalated; the row if this call did it.
+
+        Atomic, so exactly one caller wins whichever replica's timer or sweep gets there first.
+        """
+        async with self._writing(), self.sessions() as s:
+            result = await s.exec(
+                update(Approval)
+                .where(
+                    col(Approval.id) == approval_id,
+                    col(Approval.status) == PENDING,
+                    col(Approval.escalated_at).is_(None),
+                )
+                .values(escalated_at=now)
+                .returning(Approval)
+            )
+            row = result.scalars().first()
+            await s.commit()
+            return row
+
+    async def escalations_waiting(self, due_by: datetime | None = None) -> list[tuple[str, datetime]]:
+        """(id, escalate_at) of pending requests that will escalate and have not yet (due by `due_by`)."""
+        async with self.sessions() as s:
+            q = select(Approval.id, Approval.escalate_at).where(
+                Approval.status == PENDING,
+                col(Approval.escalate_at).is_not(None),
+                col(Approval.escalated_at).is_(None),
+            )
+            if due_by is not None:
+                q = q.where(col(Approval.escalate_at) <= due_by)
+            return [(r[0], r[1]) for r in (await s.exec(q)).all() if r[1] is not None]
 
     async def pending_ids(self) -> list[tuple[str, datetime]]:
         async with self.sessions() as s:

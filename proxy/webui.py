@@ -52,6 +52,9 @@ class WebChannel:
     async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
         log.info("approval %s ran: %s", approval.id, outcome)
 
+    async def escalate(self, approval: Approval) -> None:
+        log.warning("approval %s: still undecided; escalated — decide at %s", approval.id, self.page_url)
+
     async def announce_tool_change(self, upstream: str, tool: str, diff: str, action: str) -> None:
         log.warning(
             "upstream %s changed the definition of %s. %s See `signoff tools diff`, then "

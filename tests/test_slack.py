@@ -502,9 +502,9 @@ async def test_bad_bot_token_stops_the_gateway(fake: FakeSlack, tmp_path: Path, 
 def channel_in_process(api_url: str, **slack: Any) -> SlackChannel:
     from aiohttp import web
 
-    from proxy.app import ChannelHost
+    from bot.slack_config import SlackConfig
     from proxy.approvers import ApproverDirectory
-    from proxy.config import SlackConfig
+    from proxy.channels import ChannelHost
     from proxy.metrics import Metrics
     from proxy.people import People
 

@@ -30,12 +30,15 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.conftest import ADMIN_TOKEN, PEOPLE, Admin
 from tests.procs import PYTHON, ROOT, free_port, spawn, start_gateway, wait_port
+from tests.test_lean_path import lean_answers
 
 FIXTURE = str(ROOT / "tests" / "fixtures" / "changing_server.py")
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 META_TRACE = "0af7651916cd43dd8448eb211c80319c"
 META_SPAN = "b7ad6b7169203331"
+LEAN_TRACE = "5b8aa5a2d2c872e8321cf37308d69df2"
+LEAN_SPAN = "051581bf3cb55c13"
 RULE = "deploys need approval"
 
 
@@ -199,7 +202,15 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
         await admin.decide(second["id"], "deny", "bob", "not now")
         assert (await asyncio.wait_for(denied_call, 10)).is_error
 
-        calls = await receiver.wait_for("signoff tools/call", 2)
+        # Allowed calls on an existing session take the lean HTTP path (no mcp SDK request span):
+        # our span is the request's, parented by the header, or by `_meta` when the client sends one.
+        lean_before = lean_answers(gw.control_url)
+        assert not (await client.call_tool("get_status", {"target": "t1"})).is_error
+        lean_meta = {"traceparent": f"00-{LEAN_TRACE}-{LEAN_SPAN}-01"}
+        assert not (await client.session.call_tool("get_status", {"target": "t2"}, meta=lean_meta)).is_error
+        assert lean_answers(gw.control_url) == lean_before + 2
+
+        calls = await receiver.wait_for("signoff tools/call", 4)
         await receiver.wait_for("signoff upstream")
         await receiver.wait_for("signoff approval", 2)
 
@@ -247,6 +258,17 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
     assert (denial["signoff.approval.decision"], denial["signoff.approval.decided_by"]) == ("denied", "bob")
     assert attributes(second_call)["signoff.outcome"] == "denied"
     assert second_call.status.code == 2  # STATUS_CODE_ERROR
+
+    # 4. The lean path: no SDK span in between, ours is the server span.
+    lean = [s for s in calls if attributes(s)["gen_ai.tool.name"] == "get_status"]
+    assert all(s.kind == Span.SPAN_KIND_SERVER for s in lean)
+    assert {(hexid(s.trace_id), hexid(s.parent_span_id)) for s in lean} == {
+        (CLIENT_TRACE, CLIENT_SPAN),
+        (LEAN_TRACE, LEAN_SPAN),
+    }
+    for span in lean:
+        names = {s.name for _, s in receiver.spans if s.parent_span_id == span.span_id}
+        assert names == {"signoff policy", "signoff upstream"}
 
 
 def metrics(gw: Any) -> str:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry import context, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from proxy.calls import ToolCall
@@ -28,9 +28,13 @@ class CallSpan:
     """The outermost stage: one `signoff tools/call` span, with how the call was decided and ended."""
 
     async def __call__(self, call: ToolCall, next: Next) -> dict[str, Any]:
+        # Through the mcp SDK, its request span is current (it read a `_meta` traceparent already);
+        # the lean HTTP path (proxy.fastpath) has none, so ours is the request's span and reads it.
+        inside_sdk = trace.get_current_span().is_recording()
         with tracer().start_as_current_span(
             "signoff tools/call",
-            kind=SpanKind.INTERNAL,
+            context=None if inside_sdk else _client_context(call.meta),
+            kind=SpanKind.INTERNAL if inside_sdk else SpanKind.SERVER,
             attributes={
                 "gen_ai.operation.name": "execute_tool",
                 "gen_ai.tool.name": call.public_name,
@@ -45,6 +49,14 @@ class CallSpan:
                 return await next(call)
             finally:
                 _finish_call(span, call)
+
+
+def _client_context(meta: dict[str, Any]) -> context.Context | None:
+    """The trace context a client sent in `_meta` (None: none, or not valid; the HTTP header's stands)."""
+    if "traceparent" not in meta:
+        return None
+    found = propagate.extract(meta)
+    return found if trace.get_current_span(found).get_span_context().is_valid else None
 
 
 def _finish_call(span: Span, call: ToolCall) -> None:

@@ -1,0 +1,71 @@
+"""The lean HTTP path: plain calls are answered without the SDK's server stack, and nothing else changes.
+
+What a client sees must be the same whichever path answered (the conformance suite and every client
+test run through both); here we check that plain calls do take the lean path, in both protocol eras
+and both reply framings, and that what must not take it (a held call, progress) does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+
+from tests.conftest import Admin, executions, gateway_config, stdio_echo
+from tests.procs import free_port, running_gateway
+from tests.test_approvals import APPROVERS, HOLD, policy
+
+
+def lean_answers(control_url: str, method: str = "tools/call") -> float:
+    text = httpx2.get(control_url + "/metrics").text
+    m = re.search(rf'^signoff_lean_answers_total{{method="{method}"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+@pytest.mark.parametrize("json_response", [False, True], ids=["sse", "json"])
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_plain_calls_take_the_lean_path_in_both_eras_and_framings(
+    tmp_path: Path, exec_log: Path, mode: str, json_response: bool
+) -> None:
+    config = {
+        "upstreams": {"echo": stdio_echo(exec_log)},
+        "listen": {"host": "127.0.0.1", "port": free_port(), "json_response": json_response},
+    }
+    with running_gateway(config, tmp_path) as gw:
+        async with Client(gw.mcp_url, mode=mode) as client:  # type: ignore[arg-type]
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert {"echo", "weather"} <= tools
+            for i in range(3):
+                result = await client.call_tool("echo", {"text": f"lean {i}"})
+                assert result.content[0].text == f"lean {i}" and not result.is_error
+            weather = await client.call_tool("weather", {"city": "Oslo"})
+            assert weather.structured_content == {"city": "Oslo", "celsius": 21.5}
+        # The first call of a handshake session may go through the SDK (it creates the session record).
+        assert lean_answers(gw.control_url) >= 3
+    assert len(executions(exec_log, "echo")) == 3
+
+
+async def test_a_held_call_and_a_call_with_progress_take_the_sdk_path(tmp_path: Path, exec_log: Path) -> None:
+    config = gateway_config(exec_log, policy(HOLD), approvers=APPROVERS)
+    with running_gateway(config, tmp_path) as gw:
+        async with Client(gw.mcp_url, mode="legacy") as client:
+            await client.call_tool("echo", {"text": "warm"})
+            before = lean_answers(gw.control_url)
+            held = asyncio.create_task(client.call_tool("delete_thing", {"name": "db1"}))
+            [pending] = await Admin(gw.control_url).pending()
+            assert (await Admin(gw.control_url).decide(pending["id"], "approve", "alice"))[0] == 200
+            assert not (await asyncio.wait_for(held, 10)).is_error
+            progress: list[Any] = []
+
+            async def on_progress(p: float, total: float | None, message: str | None) -> None:
+                progress.append(p)
+
+            slept = await client.session.call_tool("sleep", {"seconds": 0.3}, progress_callback=on_progress)
+            assert slept.content[0].text == "slept 0.3" and progress
+            assert lean_answers(gw.control_url) == before  # neither took the lean path
+    assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["db1"]
