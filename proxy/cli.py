@@ -535,9 +535,9 @@ def _show(a: dict[str, Any]) -> str:
         )
     context = a.get("context")
     if context:
-        lines.append(f"  state      {context.get('summary')}")
+        lines.append(f"  state      {_visible(str(context.get('summary')))}")
         if context.get("changed"):
-            lines.append(f"  CHANGED    since the request was shown: {context['changed']}")
+            lines.append(f"  CHANGED    since the request was shown: {_visible(context['changed'])}")
     for i, d in enumerate(a.get("history") or []):
         lines.append(("  history    " if i == 0 else "             ") + _past(d))
     lines.append(f"  sha256     {a.get('argumentsHash', '')}")
