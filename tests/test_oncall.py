@@ -452,7 +452,14 @@ async def test_migration_2_adds_the_escalation_columns_to_an_older_database(db_u
     try:
         await store.open()
         async with store.engine.begin() as conn:  # make it look like a version-1 database
-            for column in ("escalate_at", "escalate_channel", "escalate_usergroup", "escalated_at"):
+            # (and without the columns later migrations add: `context`, migration 4)
+            for column in (
+                "escalate_at",
+                "escalate_channel",
+                "escalate_usergroup",
+                "escalated_at",
+                "context",
+            ):
                 await conn.execute(text(f"ALTER TABLE approval DROP COLUMN {column}"))
             await conn.execute(text("UPDATE signoff_schema SET version = 1"))
         await store.open()
