@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from proxy import grants
 from proxy.context import change_text, summary
 from proxy.history import PastDecision
 from proxy.pins import action_text
-from proxy.redact import redact_text
-from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval
+from proxy.redact import display_mask, redact_text
+from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant
 
 # Action and view ids: the listeners in bot/slack.py match on these.
 APPROVE = "signoff_approve"
@@ -32,6 +33,14 @@ DENY_REASON_VIEW = "signoff_deny_reason"
 REASON_BLOCK = "reason"
 REASON_ACTION = "reason"
 MIN_REASON = 3
+# Approving for a while (one button per offered duration: `signoff_approve_for_0`, `_1`, …), editing.
+APPROVE_FOR = "signoff_approve_for"
+EDIT_APPROVE = "signoff_edit_approve"
+EDIT_VIEW = "signoff_edit_approve"
+EDIT_BLOCK = "arguments"
+EDIT_ACTION = "arguments"
+REVOKE_GRANT = "signoff_revoke_grant"
+EDIT_TEXT = 3000  # a plain_text_input holds at most this many characters
 
 # Slack's limits (docs.slack.dev/reference/block-kit), with a little headroom where we compose text.
 SECTION_TEXT = 3000
@@ -398,6 +407,7 @@ def request_message(
     if voters:
         blocks.append(_section(quorum_progress(approval, voters), "progress"))
     blocks.append(_decision_buttons(approval, cut))
+    blocks += _more_buttons(approval)
     blocks.append(_footer(approval))
     text = f"Approval needed: {inline(approval.tool)} requested by {inline(approval.identity)}"
     return {"text": _cut(text, MESSAGE_TEXT), "blocks": blocks[:MESSAGE_BLOCKS]}
@@ -413,6 +423,134 @@ def quorum_progress(approval: Approval, voters: Sequence[str]) -> str:
     """`1 of 2 approvals: <@U…>`."""
     names = ", ".join(mention(v) for v in voters)
     return f":ballot_box_with_check: {len(voters)} of {approval.quorum} approvals: {names}"
+
+
+# -- approving for a while, and editing --------------------------------------------------------
+
+
+def editable(approval: Approval) -> bool:
+    """Whether a request may be edited before approval: one approver decides, and the tool's input
+    schema is known (an edit is checked against it)."""
+    return approval.quorum <= 1 and approval.input_schema is not None
+
+
+def _more_buttons(approval: Approval) -> list[dict[str, Any]]:
+    """ "Approve for 30 min" per offered duration, and "Edit and approve"; with what a grant covers."""
+    elements = []
+    for i, seconds in enumerate(grants.offered(approval)):
+        button = _button(
+            f"Approve for {grants.spoken(seconds)}", f"{APPROVE_FOR}_{i}", f"{approval.id}|{seconds:g}"
+        )
+        if approval.risk == "destructive":
+            button["confirm"] = _approve_confirm(approval)
+        elements.append(button)
+    if editable(approval):
+        elements.append(_button("Edit and approve", EDIT_APPROVE, approval.id))
+    if not elements:
+        return []
+    out: list[dict[str, Any]] = [{"type": "actions", "block_id": "approve_more", "elements": elements}]
+    offer = approval.grant_offer
+    if offer:
+        same = offer.get("same") or []
+        values = offer.get("values") or {}
+        which = (
+            "with the same " + ", ".join(f"{inline(p, 80)} ({_value(values, p)})" for p in same)
+            if same
+            else "with any arguments"
+        )
+        out.append(
+            _context(
+                f":stopwatch: Approving for a while also lets later calls of {inline(approval.tool)} by "
+                f"{inline(approval.identity)} {which} run without asking until it ends (revocable)."
+            )
+        )
+    return out
+
+
+def _value(values: dict[str, Any], path: str) -> str:
+    if path not in values:
+        return "absent"
+    return inline(json.dumps(values[path], ensure_ascii=False), 80)
+
+
+def grant_duration(grant: Grant) -> str:
+    """How long a grant was given for: "30 min"."""
+    return grants.spoken(grants.duration(grant))
+
+
+def grant_blocks(grant: Grant, now: datetime) -> list[dict[str, Any]]:
+    """What a grant lets run and until when, with a Revoke button while it is live."""
+    values = grant.values or {}
+    which = ", ".join(f"{inline(p, 80)} = {_value(values, p)}" for p in grant.same) or "any arguments"
+    covers = f"calls of {inline(grant.tool)} by {inline(grant.identity)} with {which}"
+    until = _date(grant.expires_at, "{date_short_pretty} {time}", "%Y-%m-%d %H:%M")
+    state = grants.grant_state(grant, now)
+    if state == "revoked":
+        by = mention(grant.revoked_by) if grant.revoked_by else "someone"
+        at = " " + _date(grant.revoked_at, "{time}", "%H:%M") if grant.revoked_at else ""
+        line = f":no_entry_sign: Grant {inline(grant.id, 64)} *revoked* by {by}{at}: {covers} ask again."
+        return [_section(line, "grant")]
+    if state == "expired":
+        return [
+            _section(f":hourglass: Grant {inline(grant.id, 64)} ended {until}: {covers} ask again.", "grant")
+        ]
+    line = f":stopwatch: Until {until}, {covers} run without asking."
+    revoke = _button("Revoke", REVOKE_GRANT, grant.id, "danger")
+    return [_section(line, "grant"), {"type": "actions", "block_id": "grant_actions", "elements": [revoke]}]
+
+
+def edited_blocks(approval: Approval) -> list[dict[str, Any]]:
+    """An approval with edited arguments: both hashes, what changed, and every byte that ran (masked)."""
+    if not approval.edited_hash:
+        return []
+    changed = ", ".join(inline(p, 80) for p in approval.edited_paths or []) or "nothing visible"
+    preview, _ = arguments_preview(display_mask(approval.edited_arguments or {}))
+    head = (
+        f":pencil2: *Edited before approval* · changed {changed}\n"
+        f"arguments sha256 {inline(approval.args_hash, 64)} → {inline(approval.edited_hash, 64)}"
+    )
+    return [
+        _section(head, "edited"),
+        _section(preview.replace("*Arguments*", "*Ran with*", 1), "edited_arguments"),
+    ]
+
+
+def edit_modal(approval: Approval) -> dict[str, Any] | None:
+    """The "Edit and approve" modal: the arguments as JSON to change (None: too long for Slack)."""
+    text = json.dumps(approval.arguments or {}, indent=2, ensure_ascii=False)
+    if len(text) > EDIT_TEXT:
+        return None
+    who = f"{inline(approval.tool)} requested by {inline(approval.identity)}"
+    who += f" · approval {inline(approval.id, 64)}"
+    note = (
+        "The edited call is checked against the tool's input schema and the policy before it is "
+        "approved; a refused edit decides nothing. A secret shown as \u2039kind, N chars\u203a must be "
+        "given in full or removed. The agent is told what changed."
+    )
+    return {
+        "type": "modal",
+        "callback_id": EDIT_VIEW,
+        "private_metadata": approval.id[:3000],
+        "title": _plain_text("Edit and approve", MODAL_TITLE),
+        "submit": _plain_text("Approve", MODAL_TITLE),
+        "close": _plain_text("Cancel", MODAL_TITLE),
+        "blocks": [
+            _section(who),
+            _context(escape(note)),
+            {
+                "type": "input",
+                "block_id": EDIT_BLOCK,
+                "label": _plain_text("Arguments (JSON)", 2000),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": EDIT_ACTION,
+                    "multiline": True,
+                    "max_length": EDIT_TEXT,
+                    "initial_value": text,
+                },
+            },
+        ],
+    }
 
 
 # -- live state, history, a changed target ----------------------------------------------------------
@@ -522,12 +660,16 @@ _FINAL_HEADER = {
 }
 
 
-def decision_line(approval: Approval, voters: Sequence[str]) -> str:
+def decision_line(approval: Approval, voters: Sequence[str], grant: Grant | None = None) -> str:
     """One mrkdwn line saying how the request ended (the rewritten message's status)."""
     at = _date(approval.decided_at, "{time}", "%H:%M") if approval.decided_at else ""
     if approval.status in (APPROVED, EXECUTED):
         who = voters or [v for v in (approval.decided_by or "").split(",") if v]
         names = ", ".join(mention(v) for v in who) or "someone"
+        if grant is not None:
+            names += f" for {grant_duration(grant)} (grant {inline(grant.id, 64)})"
+        if approval.edited_hash:
+            names += " with edited arguments"
         return f":white_check_mark: *Approved* by {names} {at}".rstrip()
     if approval.status == DENIED:
         by = mention(approval.decided_by) if approval.decided_by else "someone"
@@ -546,16 +688,22 @@ def decision_line(approval: Approval, voters: Sequence[str]) -> str:
     return f"Decided: {escape(approval.status)}"
 
 
-def decided_message(approval: Approval, voters: Sequence[str]) -> dict[str, Any]:
-    """The request rewritten after its final decision: the same facts, a status line, no buttons."""
+def decided_message(
+    approval: Approval, voters: Sequence[str], grant: Grant | None = None, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """The request rewritten after its final decision: the same facts, a status line, no buttons —
+    but a Revoke button while a grant it created is live, and the edited arguments it ran with."""
     head = _FINAL_HEADER.get(approval.status, approval.status.capitalize())
-    line = decision_line(approval, voters)
+    line = decision_line(approval, voters, grant)
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": _plain_text(f"{head}: {approval.tool}", HEADER_TEXT)},
         _section(line, "status"),
     ]
+    if grant is not None:
+        blocks += grant_blocks(grant, now or approval.decided_at or approval.expires_at)
     body, _ = _body(approval, approval.decided_at or approval.expires_at, pending=False)
     blocks += body
+    blocks += edited_blocks(approval)
     blocks.append(_footer(approval))
     text = f"{head.split(' ', 1)[1]}: {inline(approval.tool)} requested by {inline(approval.identity)}"
     return {"text": _cut(text, MESSAGE_TEXT), "blocks": blocks[:MESSAGE_BLOCKS]}

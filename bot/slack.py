@@ -6,7 +6,9 @@ checks left on. Every listener acks first and then calls `host.decide`, the brok
 state changes; a click that changes nothing gets an ephemeral answer.
 
 "Deny" denies at once (no reason needed); "Deny with reason" opens a modal whose reason is sent to
-the agent. Posting retries 5xx, connection errors and 429 (honouring Retry-After) within
+the agent. "Approve for 30 min" approves and grants a while (the message then carries a Revoke
+button for the rule's approvers); "Edit and approve" opens a modal with the arguments as JSON, checked
+before the modal closes. Posting retries 5xx, connection errors and 429 (honouring Retry-After) within
 `slack.post_timeout`, then raises so the call fails closed with `approval_unavailable`.
 """
 
@@ -35,11 +37,12 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot import blocks
 from bot.slack_config import SlackConfig
-from proxy.approvals import ClickResult
+from proxy.approvals import ClickResult, already_decided
 from proxy.approvers import NOT_AN_APPROVER, Refused
+from proxy.edits import parse_edit
 from proxy.history import PastDecision, recent_decisions
 from proxy.pagerduty import PagerDutyError
-from proxy.store import PENDING, Approval, utcnow
+from proxy.store import PENDING, Approval, Grant, utcnow
 
 if TYPE_CHECKING:
     from proxy.channels import ChannelHost
@@ -268,7 +271,8 @@ class SlackChannel:
             history = await self._history(approval)
             message = blocks.request_message(shown, voters, now=utcnow(), on_call=on_call, history=history)
         else:
-            message = blocks.decided_message(shown, voters)
+            grant = await self._grant_shown(approval)
+            message = blocks.decided_message(shown, voters, grant, now=utcnow())
         await self._call(
             "chat.update",
             lambda: self.client.chat_update(channel=ref[0], ts=ref[1], **message),
@@ -315,6 +319,20 @@ class SlackChannel:
         if people is None:
             return None
         return [p.slack_user or p.name for p in people]
+
+    async def _grant_shown(self, approval: Approval) -> Grant | None:
+        """The grant a request created, with people named by their Slack user IDs."""
+        if not approval.grant_id:
+            return None
+        grant = await self.host.store.grant(approval.grant_id)
+        if grant is None:
+            return None
+        return grant.model_copy(
+            update={
+                "created_by": ",".join(self._slack_name(n) for n in grant.created_by.split(",") if n),
+                "revoked_by": self._slack_name(grant.revoked_by) if grant.revoked_by else None,
+            }
+        )
 
     async def _history(self, approval: Approval) -> list[PastDecision] | None:
         """The caller's last decisions on the tool, deciders as Slack users; None if unreadable (the
@@ -434,6 +452,10 @@ class SlackChannel:
         self.app.action(blocks.VIEW_ARGUMENTS)(self._on_view_arguments)
         self.app.action(blocks.APPROVE_ANYWAY)(self._on_approve_anyway)
         self.app.view(blocks.DENY_REASON_VIEW)(self._on_deny_reason)
+        self.app.action(re.compile(f"^{blocks.APPROVE_FOR}_\\d+$"))(self._on_approve_for)
+        self.app.action(blocks.EDIT_APPROVE)(self._on_edit_approve)
+        self.app.view(blocks.EDIT_VIEW)(self._on_edited)
+        self.app.action(blocks.REVOKE_GRANT)(self._on_revoke_grant)
 
     async def _http_events(self, request: web.Request) -> web.Response:
         """HTTP mode: Bolt verifies the signature and timestamp (401 otherwise), then dispatches."""
@@ -512,14 +534,85 @@ class SlackChannel:
         assert reason is not None
         await self._click(body, str(view.get("private_metadata", "")), approve=False, reason=reason.strip())
 
+    # -- approving for a while, editing, revoking -------------------------------------------------
+
+    async def _on_approve_for(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        approval_id, _, seconds = str(action.get("value", "")).partition("|")
+        try:
+            grant_for = float(seconds)
+        except ValueError:
+            return
+        await self._click(body, approval_id, approve=True, reason=None, grant_for=grant_for)
+
+    async def _on_edit_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        approval_id = str(action.get("value", ""))
+        refusal = await self._may_open(body, approval_id, "edit this request")
+        if refusal is not None:
+            await self._tell(body, approval_id, refusal)
+            return
+        approval = await self.host.store.approval(approval_id)
+        if approval is None:
+            return
+        if approval.status != PENDING:
+            await self._tell(body, approval_id, blocks.escape(already_decided(approval)))
+            return
+        view = blocks.edit_modal(approval) if blocks.editable(approval) else None
+        if view is None:
+            why = (
+                f"This request cannot be edited in Slack (its arguments are longer than {blocks.EDIT_TEXT} "
+                "characters, it needs several approvers, or its tool declares no input schema). Use the "
+                f"approvals page or `signoff approvals approve {approval_id} --arguments FILE`."
+            )
+            await self._tell(body, approval_id, blocks.escape(why))
+            return
+        await self._open_view(body, view)
+
+    async def _on_edited(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+        """The edit modal's submission: refused edits stay open with the reason; others approve."""
+        approval_id = str(view.get("private_metadata", ""))
+        values = (view.get("state") or {}).get("values") or {}
+        text = ((values.get(blocks.EDIT_BLOCK) or {}).get(blocks.EDIT_ACTION) or {}).get("value") or ""
+        edited = parse_edit(text)
+        problem = edited if isinstance(edited, str) else None
+        if problem is None and self.host.check_edit is not None:
+            person = self.host.people.by_slack(str((body.get("user") or {}).get("id", "")))
+            problem = await self.host.check_edit(approval_id, edited, person)
+        elif problem is None:
+            problem = "this gateway cannot check edits"
+        if problem is not None:
+            await ack(response_action="errors", errors={blocks.EDIT_BLOCK: _cut(f"Refused: {problem}", 2000)})
+            return
+        await ack()
+        await self._click(body, approval_id, approve=True, reason=None, arguments=edited)
+
+    async def _on_revoke_grant(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        grant_id = str(action.get("value", ""))
+        user = str((body.get("user") or {}).get("id", ""))
+        grant = await self.host.store.grant(grant_id)
+        approval_id = grant.approval_id if grant is not None else ""
+        # The button must be on the message of the request that created the grant.
+        foreign = await self._foreign(body, approval_id, user) if grant is not None else None
+        if foreign is not None or grant is None or self.host.revoke_grant is None:
+            text = foreign or f"There is no grant {grant_id}; nothing changed."
+            await self._tell(body, approval_id, blocks.escape(text))
+            return
+        person = self.host.people.by_slack(user)
+        try:
+            result = await self.host.revoke_grant(grant_id, person)
+        except Exception as e:
+            log.exception("grant %s: revoke by %s failed", grant_id, user)
+            text = f"Your click was not recorded ({_describe(e)}). The grant stays in force."
+            await self._tell(body, approval_id, blocks.escape(text))
+            return
+        log.info("grant %s: revoke by %s -> %s", grant_id, user, result.status)
+        if not result.accepted:
+            await self._tell(body, approval_id, blocks.escape(result.message))
+
     async def _click(
-        self,
-        body: dict[str, Any],
-        approval_id: str,
-        *,
-        approve: bool,
-        reason: str | None,
-        confirm_changed: bool = False,
+        self, body: dict[str, Any], approval_id: str, *, approve: bool, reason: str | None, **extras: Any
     ) -> None:
         """One decision through the broker; tell the clicker privately when it changed nothing."""
         user = str((body.get("user") or {}).get("id", ""))
@@ -530,10 +623,7 @@ class SlackChannel:
             return
         person = self.host.people.by_slack(user)
         try:
-            if confirm_changed:
-                result = await self.host.decide(approval_id, approve, person, reason, confirm_changed=True)
-            else:
-                result = await self.host.decide(approval_id, approve, person, reason)
+            result = await self.host.decide(approval_id, approve, person, reason, **extras)
         except Exception as e:
             log.exception("approval %s: %s by %s failed", approval_id, verb, user)
             text = f"Your click was not recorded ({_describe(e)}). Nothing changed."
@@ -667,6 +757,10 @@ class SlackChannel:
                 ) from None
             log.warning("Slack %s: %s; retrying in %.2fs", method, why, delay)
             await asyncio.sleep(delay)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _error_code(e: SlackApiError) -> str | None:

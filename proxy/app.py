@@ -229,6 +229,8 @@ class App:
                 metrics=self.metrics,
                 audit_event=self.audit_event,
                 page_url=self.page_url(),
+                revoke_grant=lambda *a: self.broker.revoke_grant(*a),
+                check_edit=lambda *a: self.broker.check_edit(*a),
             )
             try:
                 found.append(channels.create(name, model, host))
@@ -398,8 +400,18 @@ class App:
     def _policy_changed(self) -> None:
         self.gateway._background(self.gateway.notify_tools_changed())
 
-    def audit_event(self, event: str, approval: Approval, user: str, detail: str | None) -> None:
-        """Audit a click that changed nothing (not an approver, self-approval, too late)."""
+    def audit_event(
+        self,
+        event: str,
+        approval: Approval,
+        user: str,
+        detail: str | None,
+        *,
+        outcome: str = "ignored",
+        grant_id: str | None = None,
+    ) -> None:
+        """Audit a click that changed nothing (not an approver, self-approval, too late), or a grant's
+        creation and revocation (`outcome` granted / revoked)."""
         if self.audit is None:
             return
         self.audit.record(
@@ -415,9 +427,10 @@ class App:
             approval_id=approval.id,
             approvers=user,
             reason=detail,
-            outcome="ignored",
+            outcome=outcome,
             replica=self.replica,
             policy_revision=approval.policy_revision,
+            grant_id=grant_id,
         )
 
     def install_signal_handlers(self) -> None:

@@ -23,6 +23,7 @@ import orjson
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from proxy import edits, grants
 from proxy.approvers import Allowed, Refused
 from proxy.calls import ToolCall
 from proxy.channels import ApprovalChannel
@@ -32,7 +33,18 @@ from proxy.pagerduty import PagerDuty
 from proxy.people import Person
 from proxy.policy import ApprovalSpec, Decision
 from proxy.redact import display_mask
-from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Store, utcnow
+from proxy.store import (
+    APPROVED,
+    DENIED,
+    EXECUTED,
+    EXPIRED,
+    PENDING,
+    WITHDRAWN,
+    Approval,
+    Grant,
+    Store,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from proxy.context import ContextProber
@@ -73,6 +85,7 @@ class ClickResult:
     status: str
     message: str
     refused: bool = False  # the clicker may not decide this request (audited)
+    invalid: bool = False  # the decision itself cannot be made as asked (a duration not offered, a bad edit)
     # The target's live state changed since the request was shown: approving needs a second yes
     # (`confirm_changed`); this is the stored context as the API shows it (proxy.context.context_json).
     changed: dict[str, Any] | None = None
@@ -121,7 +134,7 @@ class Broker:
         instance: str,
         replica: str,
         progress_interval: float = 5.0,
-        on_event: Callable[[str, Approval, str, str | None], None] | None = None,
+        on_event: Callable[..., None] | None = None,
         pagerduty: PagerDuty | None = None,
         page_url: str = "",
         prober: ContextProber | None = None,
@@ -133,7 +146,11 @@ class Broker:
         self.instance = instance
         self.replica = replica
         self.progress_interval = progress_interval
-        self.on_event = on_event  # (event, approval, user, detail) -> audit of refused/late clicks
+        # (event, approval, user, detail, **columns) -> audit of refused/late clicks and grant events
+        self.on_event = on_event
+        # The policy's verdict on edited arguments, (decision, enforced); set by the approval stage of
+        # this process, so an edit decided here is checked against the policy in force here.
+        self.edit_verdict: Callable[[Approval, dict[str, Any]], tuple[Decision, bool] | None] | None = None
         self.held: dict[str, HeldCall] = {}
         # Whether a cancelled waiter's client asked for the cancellation (by ToolCall id); otherwise
         # its session ended under it: the agent went away. Set by whoever knows the client side.
@@ -208,6 +225,10 @@ class Broker:
             expires_at=now + timedelta(seconds=spec.timeout),
             holder=self.instance if spec.mode == "hold" else "",
             replica=self.replica,
+            # For approving for a while and for checking an edit, on whichever replica decides.
+            input_schema=(call.tool_info or {}).get("inputSchema"),
+            identity_groups=sorted(call.identity.groups),
+            grant_offer=grants.offer_of(spec.grant, call.arguments) if spec.grant else None,
             context=context,
         )
         _plan_escalation(approval, spec)
@@ -289,13 +310,17 @@ class Broker:
         person: Person,
         reason: str | None = None,
         *,
+        grant_for: float | str | None = None,
+        arguments: dict[str, Any] | None = None,
         confirm_changed: bool = False,
         via: str = "web",
     ) -> ClickResult:
         """An authenticated person's decision. The first valid one wins; everything else changes nothing.
 
-        `via` says where it was made (slack, web), for the metrics. An approval whose target's live
-        state changed since it was shown is not taken until the person confirms (`confirm_changed`).
+        Approving may also grant a while (`grant_for`, one of the durations the rule offers) or run
+        the call with `arguments` the person edited; an edit the schema or policy refuses decides nothing.
+        An approval whose target's live state changed since it was shown is not taken until the person
+        confirms (`confirm_changed`). `via` says where it was made (web, slack, …), for the metrics.
         """
         user = person.name
         approval = await self.store.approval(approval_id)
@@ -313,6 +338,13 @@ class Broker:
             return ClickResult(
                 False, PENDING, "You cannot decide a call that an agent made on your behalf.", refused=True
             )
+        seconds: float | None = None
+        edit: dict[str, Any] = {}
+        if approve and (grant_for is not None or arguments is not None):
+            prepared = self._prepare_extras(approval, grant_for, arguments)
+            if isinstance(prepared, ClickResult):
+                return prepared
+            seconds, edit = prepared
         if approve:
             ask = await self._recheck_context(approval, confirm_changed)
             if ask is not None:
@@ -324,7 +356,15 @@ class Broker:
         local = approval.mode == "hold" and approval_id in self.held
         final = {"status": EXECUTED, "executed_at": now} if local else {"status": APPROVED}
         if approve and approval.quorum > 1:
-            count, won = await self.store.vote(approval_id, user, approval.quorum, decided_at=now, **final)
+            count, won = await self.store.vote(
+                approval_id,
+                user,
+                approval.quorum,
+                grant_for=seconds,
+                grant=self._quorum_grant(approval, now) if approval.grant_offer else None,
+                decided_at=now,
+                **final,
+            )
             if count is None:
                 current = await self.store.approval(approval_id) or approval
                 if current.status == PENDING:
@@ -334,11 +374,15 @@ class Broker:
             voters = await self.store.voters(approval_id)
             if won is None:
                 await self._update_channel(approval, voters)
-                return ClickResult(True, PENDING, f"Approval recorded: {count} of {approval.quorum}.")
+                what = f"Approval for {grants.spoken(seconds)}" if seconds else "Approval"
+                return ClickResult(True, PENDING, f"{what} recorded: {count} of {approval.quorum}.")
+            grant = await self._granted(won, won.decided_by or user)
             await self._finished(won, voters)
             self._observe(won, via)
-            return ClickResult(True, APPROVED, "Approved.")
-        if approve and local:
+            return ClickResult(True, APPROVED, _approved_message(won, grant))
+        if approve and (seconds is not None or edit):
+            won = await self._approve_with(approval, user, now, final, seconds, edit)
+        elif approve and local:
             won = await self.store.transition(
                 approval_id, PENDING, EXECUTED, decided_at=now, decided_by=user, executed_at=now
             )
@@ -352,9 +396,142 @@ class Broker:
             current = await self.store.approval(approval_id) or approval
             self._event("late_click", current, user, current.status)
             return ClickResult(False, current.status, already_decided(current))
+        grant = await self._granted(won, user) if approve else None
         await self._finished(won, voters if approve else [])
         self._observe(won, via)
-        return ClickResult(True, APPROVED if approve else DENIED, "Approved." if approve else "Denied.")
+        message = _approved_message(won, grant) if approve else "Denied."
+        return ClickResult(True, APPROVED if approve else DENIED, message)
+
+    # -- approving for a while, and with edited arguments -------------------------------------
+
+    def _prepare_extras(
+        self, approval: Approval, grant_for: float | str | None, arguments: dict[str, Any] | None
+    ) -> tuple[float | None, dict[str, Any]] | ClickResult:
+        """(grant seconds, the edit's columns), or the refusal that decides nothing."""
+        seconds = None
+        if grant_for is not None:
+            chosen = grants.choose_duration(approval, grant_for)
+            if isinstance(chosen, str):
+                return ClickResult(False, PENDING, f"Cannot approve for a while: {chosen}.", invalid=True)
+            seconds = chosen
+        edit: dict[str, Any] = {}
+        if arguments is not None and arguments_hash(arguments) != approval.args_hash:
+            problem = self._edit_problem(approval, arguments)
+            if problem is not None:
+                return ClickResult(
+                    False, PENDING, f"Edit refused: {problem}. Nothing was decided.", invalid=True
+                )
+            edit = {
+                "edited_arguments": arguments,
+                "edited_hash": arguments_hash(arguments),
+                "edited_paths": edits.changed_paths(approval.arguments, arguments),
+            }
+        return seconds, edit
+
+    def _edit_problem(self, approval: Approval, arguments: Any) -> str | None:
+        """Why an edit of `approval` to `arguments` is refused, or None when it may run."""
+        if not isinstance(arguments, dict):
+            return "the arguments must be a JSON object"
+        if approval.quorum > 1:
+            return (
+                f"this request needs {approval.quorum} approvers, and each must approve the same "
+                "arguments; deny it with a reason instead"
+            )
+        if approval.input_schema is None:
+            return f"{approval.tool} declares no input schema to check an edit against"
+        where = edits.masked_secret(arguments)
+        if where is not None:
+            return (
+                f"{where} still holds a masked secret (\u2039…\u203a); give that value in full, or leave "
+                "the arguments unedited"
+            )
+        problem = edits.schema_problems(approval.input_schema, arguments)
+        if problem is not None:
+            return f"the edited arguments do not fit {approval.tool}'s input schema: {problem}"
+        verdict = self.edit_verdict(approval, arguments) if self.edit_verdict is not None else None
+        if verdict is None:
+            return "the policy for this tool cannot be consulted here"
+        return edits.policy_problem(verdict[0], verdict[1], approval.approvers, approval.quorum)
+
+    async def check_edit(self, approval_id: str, arguments: Any, person: Person) -> str | None:
+        """Why `person` cannot approve `approval_id` with these arguments (before a modal closes), or None."""
+        approval = await self.store.approval(approval_id)
+        if approval is None:
+            return f"There is no approval request {approval_id}."
+        if approval.status != PENDING:
+            return already_decided(approval)
+        if not await self.approvers.is_approver(approval.approvers, person):
+            return f"You ({person.name}) are not an approver for this request."
+        return self._edit_problem(approval, arguments)
+
+    async def _approve_with(
+        self,
+        approval: Approval,
+        user: str,
+        now: datetime,
+        final: dict[str, Any],
+        seconds: float | None,
+        edit: dict[str, Any],
+    ) -> Approval | None:
+        values = {**final, "decided_at": now, "decided_by": user, **edit}
+        status = values.pop("status")
+        if seconds is None:
+            return await self.store.transition(approval.id, PENDING, status, **values)
+        grant = grants.new_grant(approval, user, seconds, now, edit.get("edited_arguments"))
+        return await self.store.transition_granting(approval.id, PENDING, status, grant, **values)
+
+    def _quorum_grant(
+        self, approval: Approval, now: datetime
+    ) -> Callable[[list[str], list[float | None]], Grant | None]:
+        def make(voters: list[str], durations: list[float | None]) -> Grant | None:
+            seconds = grants.quorum_duration(durations)
+            if seconds is None:
+                return None
+            return grants.new_grant(approval, ",".join(voters), seconds, now, None)
+
+        return make
+
+    async def _granted(self, row: Approval, by: str) -> Grant | None:
+        """The grant a decision created, if any, audited (its uses and revocation are audited too)."""
+        if row.grant_id is None:
+            return None
+        grant = await self.store.grant(row.grant_id)
+        if grant is not None:
+            detail = f"for {grants.spoken(grants.duration(grant))}: {grants.covers(grant)}"
+            self._event("grant_created", row, by, detail, outcome="granted", grant_id=grant.id)
+        return grant
+
+    async def revoke_grant(self, grant_id: str, person: Person) -> ClickResult:
+        """End a grant at once (every replica's next call asks again); only approvers of its rule may."""
+        grant = await self.store.grant(grant_id)
+        if grant is None:
+            return ClickResult(False, "unknown", f"There is no grant {grant_id}.")
+        approval = await self.store.approval(grant.approval_id)
+        if approval is None or not await self.approvers.is_approver(approval.approvers, person):
+            if approval is not None:
+                self._event("refused_click", approval, person.name, "not an approver (revoke grant)")
+            group = approval.approvers if approval else "?"
+            return ClickResult(
+                False,
+                "live",
+                f"You ({person.name}) are not an approver of this grant's rule (approver group: {group}); "
+                "it stays in force.",
+                refused=True,
+            )
+        now = utcnow()
+        row = await self.store.revoke_grant(grant_id, person.name, now)
+        if row is None:
+            current = await self.store.grant(grant_id) or grant
+            if current.revoked_at is not None:
+                by = current.revoked_by
+                return ClickResult(False, "revoked", f"Grant {grant_id} was already revoked by {by}.")
+            ended = current.expires_at.strftime("%H:%M:%S UTC")
+            return ClickResult(False, "expired", f"Grant {grant_id} already ended at {ended}.")
+        covered = grants.covers(row)
+        self._event("grant_revoked", approval, person.name, covered, outcome="revoked", grant_id=row.id)
+        voters = await self.store.voters(approval.id) if approval.quorum > 1 else []
+        await self._update_channel(approval, voters)
+        return ClickResult(True, "revoked", f"Grant {grant_id} revoked: {covered} needs approval again.")
 
     async def expire(self, approval_id: str) -> None:
         """The timer fired: expire the request if it is still pending."""
@@ -509,9 +686,20 @@ class Broker:
         took = (row.decided_at - row.created_at).total_seconds() if row.decided_at else 0.0
         self.metrics.observe_decision(outcome, via, max(0.0, took))
 
-    def _event(self, event: str, approval: Approval, user: str, detail: str | None) -> None:
+    def _event(self, event: str, approval: Approval, user: str, detail: str | None, **columns: Any) -> None:
         if self.on_event is not None:
-            self.on_event(event, approval, user, detail)
+            self.on_event(event, approval, user, detail, **columns)
+
+
+def _approved_message(row: Approval, grant: Grant | None) -> str:
+    """What the approver is told when their approval won (a grant or an edit said plainly)."""
+    parts = ["Approved"]
+    if grant is not None:
+        parts.append(f"for {grants.spoken(grants.duration(grant))} (grant {grant.id})")
+    if row.edited_hash:
+        changed = ", ".join(row.edited_paths or []) or "nothing visible"
+        parts.append(f"with edited arguments (changed: {changed})")
+    return " ".join(parts) + "."
 
 
 def _plan_escalation(approval: Approval, spec: ApprovalSpec) -> None:

@@ -29,6 +29,8 @@ class CallRecord:
     approvers: str | None = None
     enforced: bool = True
     revision: str = ""
+    grant_id: str | None = None  # ran under this grant, without asking
+    edited: dict[str, Any] | None = None  # ran with edited arguments: {"from", "to", "changed"}
 
 
 @dataclass

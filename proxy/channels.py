@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from proxy.approvals import ClickResult
     from proxy.approvers import ApproverDirectory
     from proxy.metrics import Metrics
-    from proxy.people import People
+    from proxy.people import People, Person
     from proxy.store import Approval, Store
 
 log = logging.getLogger("signoff.channels")
@@ -70,15 +70,18 @@ class ApprovalChannel(Protocol):
 class ChannelHost:
     """What an approval-channel plugin gets from the gateway."""
 
-    # (approval id, approve, person, reason, *, confirm_changed=False): see Broker.decide
+    # (approval id, approve, person, reason, *, grant_for=None, arguments=None, confirm_changed=False)
     decide: Callable[..., Awaitable[ClickResult]]
     directory: ApproverDirectory
     people: People
     control_app: web.Application
     store: Store
     metrics: Metrics
-    audit_event: Callable[[str, Approval, str, str | None], None]
+    audit_event: Callable[..., None]
     page_url: str = ""
+    # Approving for a while and editing: (grant id, person), and (approval id, arguments, person).
+    revoke_grant: Callable[[str, Person], Awaitable[ClickResult]] | None = None
+    check_edit: Callable[[str, Any, Person], Awaitable[str | None]] | None = None
 
 
 class ChannelPluginError(Exception):

@@ -544,7 +544,29 @@ def _show(a: dict[str, Any]) -> str:
     lines.append("  arguments (exactly what will run; secrets shown as \u2039kind, length\u203a):")
     pretty = _visible(json.dumps(a["arguments"], indent=2, ensure_ascii=False))
     lines += ["    " + line for line in pretty.splitlines()]
-    return "\n".join(lines)
+    return "\n".join(lines + _show_grant_and_edit(a))
+
+
+def _show_grant_and_edit(a: dict[str, Any]) -> list[str]:
+    """The request's offer to approve for a while, and how it was approved (a grant, an edit)."""
+    lines = []
+    offer = a.get("grantOffer")
+    if offer and a["status"] == "pending":
+        same = ", ".join(offer.get("same") or []) or "any arguments"
+        lines.append(
+            f"  may be approved for a while: {', '.join(offer.get('offerText') or [])} "
+            f"(covers the same {same}; `approve {a['id']} --for 30m`)"
+        )
+    if a.get("grantId"):
+        lines.append(f"  grant      {a['grantId']} (`signoff grants list`)")
+    edited = a.get("edited")
+    if edited:
+        lines.append(f"  edited     sha256 {edited['from']} \u2192 {edited['to']}")
+        lines.append(f"  changed    {', '.join(edited.get('changed') or []) or '-'}")
+        lines.append("  ran with (secrets shown as \u2039kind, length\u203a):")
+        pretty = _visible(json.dumps(edited["arguments"], indent=2, ensure_ascii=False))
+        lines += ["    " + line for line in pretty.splitlines()]
+    return lines
 
 
 def _past(d: dict[str, Any]) -> str:
@@ -621,6 +643,14 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         print("signoff: deny needs --reason (the agent sees it)", file=sys.stderr)
         return 2
     decision: dict[str, Any] = {"decision": args.action, "reason": args.reason}
+    if args.action == "approve":
+        extras = _approve_extras(args)
+        if isinstance(extras, int):
+            return extras
+        decision.update(extras)
+    elif args.grant_for or args.arguments:
+        print("signoff: --for and --arguments go with approve", file=sys.stderr)
+        return 2
     if args.confirm_changed:
         decision["confirmChanged"] = True
     status, body = _call(
@@ -629,6 +659,61 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     message = body.get("message") or body.get("error") or str(status)
     if body.get("contextChanged"):
         message += " (to approve anyway: add --confirm-changed)"
+    print(f"{message} (as {body['by']})" if body.get("by") and status == 200 else message)
+    return 0 if status == 200 else 1
+
+
+def _approve_extras(args: argparse.Namespace) -> dict[str, Any] | int:
+    """`--for DURATION` and `--arguments FILE` (JSON; `-` reads stdin) as the decision's fields,
+    or the exit code after saying what is wrong."""
+    extras: dict[str, Any] = {}
+    if args.grant_for:
+        extras["for"] = args.grant_for
+    if args.arguments:
+        try:
+            text = sys.stdin.read() if args.arguments == "-" else Path(args.arguments).read_text()
+        except OSError as e:
+            print(f"signoff: cannot read {args.arguments}: {e.strerror}", file=sys.stderr)
+            return 2
+        from proxy.edits import parse_edit
+
+        edited = parse_edit(text)
+        if isinstance(edited, str):
+            print(f"signoff: {args.arguments}: {edited}", file=sys.stderr)
+            return 2
+        extras["arguments"] = edited
+    return extras
+
+
+def cmd_grants(args: argparse.Namespace) -> int:
+    """List the grants (approvals for a while) or revoke one; as the person in SIGNOFF_APPROVER_TOKEN."""
+    config = _load(_config_arg(args))
+    base, token = _control_base(config), _deciding_token()
+    if args.action == "list":
+        status, body = _call(base, token, f"/api/grants?status={'all' if args.all else 'live'}")
+        if status != 200:
+            print(f"signoff: {body.get('error', status)}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(body["grants"], indent=2, ensure_ascii=False))
+            return 0
+        rows = [
+            [
+                g["id"],
+                g["state"],
+                f"{g['secondsLeft']:.0f}s" if g["state"] == "live" else (g.get("revokedBy") or "-"),
+                g["createdBy"],
+                _visible(_first_line(g["covers"], 80)),
+            ]
+            for g in body["grants"]
+        ]
+        print(_table(rows, ["ID", "STATE", "LEFT/REVOKED BY", "GIVEN BY", "COVERS"]))
+        return 0
+    if not args.id:
+        print("signoff: revoke needs a grant ID (see `signoff grants list`)", file=sys.stderr)
+        return 2
+    status, body = _call(base, token, f"/api/grants/{urllib.parse.quote(args.id)}/revoke", {})
+    message = body.get("message") or body.get("error") or str(status)
     print(f"{message} (as {body['by']})" if body.get("by") and status == 200 else message)
     return 0 if status == 200 else 1
 
@@ -740,7 +825,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--status", default="pending", help="list: pending (default), all, approved, denied, …")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--for",
+        dest="grant_for",
+        metavar="DURATION",
+        help="approve: also let the same calls run without asking for this long (one the rule offers)",
+    )
+    p.add_argument(
+        "--arguments",
+        metavar="FILE",
+        help="approve: run the call with these arguments instead (a JSON object; - reads stdin)",
+    )
     p.set_defaults(func=cmd_approvals)
+
+    p = sub.add_parser(
+        "grants",
+        help="list or revoke approvals for a while on a running gateway",
+        description=f"As the person whose own token is in {APPROVER_TOKEN_ENV}.",
+    )
+    p.add_argument("action", choices=["list", "revoke"])
+    p.add_argument("id", nargs="?")
+    p.add_argument("--config", "-c", dest="config", required=True, help="the gateway's config file")
+    p.add_argument("--all", action="store_true", help="list: ended and revoked grants too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_grants)
 
     p = sub.add_parser("token", help="make a new token and print the token_sha256 line for the config")
     p.set_defaults(func=cmd_token)
@@ -755,7 +863,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `signoff` console script."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.log_format)
-    if args.command in ("check", "tools", "init", "audit", "approvals", "demo") and not args.verbose:
+    quiet = ("check", "tools", "init", "audit", "approvals", "grants", "demo")
+    if args.command in quiet and not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
     return args.func(args)
 

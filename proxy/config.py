@@ -470,13 +470,14 @@ def parse_config(data: Any, base_dir: Path = Path("."), env: dict[str, str] | No
         raise ConfigError(["(root): the config must be a mapping with at least `upstreams`"])
     errors: list[str] = []
     data = expand_env(data, dict(os.environ) if env is None else env, errors=errors)
+    channel_errors = _channel_errors(data)  # listed with the rest even when the rest is wrong too
     try:
         config = Config.model_validate(data)
     except ValidationError as e:
         errors.extend(format_validation_error(e))
-        raise ConfigError(errors) from None
+        raise ConfigError(errors + channel_errors) from None
     errors += _cross_references(config)
-    errors += _channel_errors(config)
+    errors += channel_errors
     if errors:
         raise ConfigError(errors)
     config.base_dir = base_dir
@@ -484,12 +485,12 @@ def parse_config(data: Any, base_dir: Path = Path("."), env: dict[str, str] | No
     return config
 
 
-def _channel_errors(config: Config) -> list[str]:
+def _channel_errors(data: dict[str, Any]) -> list[str]:
     """Each channel section, checked by its plugin (so a typo in `slack:` is refused at start)."""
     from proxy import channels
 
     errors: list[str] = []
-    for name, section in channels.configured(config.model_dump(include={"slack", "channels"})).items():
+    for name, section in channels.configured(data).items():
         errors += channels.validate(name, section)[1]
     return errors
 

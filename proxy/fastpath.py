@@ -59,7 +59,7 @@ class LeanPath:
             return
         headers = _headers(scope)
         body, complete = await _read_body(receive, self.body_limit)
-        if complete and self._plain_request(headers):
+        if complete and len(body) <= self.body_limit and self._plain_request(headers):
             message = _parse(body)
             down = self._session(scope, headers, message) if message is not None else None
             if message is not None and down is not None and self._answerable(down, message):

@@ -19,7 +19,8 @@ Native format (YAML or JSON; unknown keys are errors so typos never pass silentl
         action: require_approval           # allow | deny | require_approval | rate_limit
         reason: "shown to the agent when the call is refused"
         approval: {approvers: oncall, channel: C0123, timeout: 10m, quorum: 2, mode: hold,
-                   escalate_after: 5m, escalate_to: {channel: C0ESCALATE, usergroup: S0LEADS}}
+                   escalate_after: 5m, escalate_to: {channel: C0ESCALATE, usergroup: S0LEADS},
+                   grant: {max: 1h, same: [endpoint_id], offer: [30m, 1h]}}   # approve for a while
         rate_limit: {max: 10, window: 1m, per: identity}   # per: identity | session | global
     annotated_destructive: require_approval   # require_approval | default (see below)
 
@@ -45,6 +46,9 @@ Semantics:
   own ``rate_limit:`` is added too. Nothing terminal matches: ``default`` decides (rule ``(default)``).
 * A ``deny`` decision never carries rate limits (a refused call consumes no quota).
 * ``require_approval`` fields missing on the rule come from ``approval_defaults``.
+* ``approval.grant`` lets approvers "approve for a while": each duration in ``offer`` (default ``[max]``,
+  none longer than ``max``) becomes a button; later calls by the same identity to the same tool whose
+  ``same`` argument paths hold the same values then run without asking until the grant ends.
 * ``annotated_destructive: require_approval`` (the default): a call of a tool the upstream annotates
   ``destructiveHint: true`` that no rule names (a pattern other than ``*``) needs approval (rule
   ``(annotated destructive)``) where ``default`` would allow it. ``default`` leaves such tools to
@@ -119,6 +123,15 @@ class EscalateTo:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantSpec:
+    """Approving for a while: the longest grant, the durations offered, the arguments that must match."""
+
+    max: float  # seconds
+    same: tuple[str, ...]  # argument paths whose values a later call must repeat exactly
+    offer: tuple[float, ...]  # durations offered to approvers (seconds, each <= max), shortest first
+
+
+@dataclass(frozen=True, slots=True)
 class ContextProbe:
     """A read tool signoff runs itself to show approvers the live state of the call's target."""
 
@@ -141,6 +154,7 @@ class ApprovalSpec:
     allow_self_approval: bool
     escalate_after: float | None = None
     escalate_to: EscalateTo | None = None
+    grant: GrantSpec | None = None  # None: approvers can only approve the one call
     context: ContextProbe | None = None
 
 
@@ -344,6 +358,33 @@ class EscalateToModel(_Model):
     usergroup: NonEmptyStr | None = None
 
 
+class GrantModel(_Model):
+    max: Duration
+    same: Annotated[list[NonEmptyStr], BeforeValidator(_as_list)]
+    offer: Annotated[list[Duration], Field(min_length=1)] | None = None
+
+    @field_validator("same")
+    @classmethod
+    def _check_paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            parse_path(path)
+        return paths
+
+    @field_validator("offer")
+    @classmethod
+    def _offers_within_max(cls, offer: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        longest = info.data.get("max")
+        if offer is not None and longest is not None:
+            over = [o for o in offer if o > longest]
+            if over:
+                raise ValueError(f"{over[0]:g}s is longer than max ({longest:g}s)")
+        return offer
+
+    def spec(self) -> GrantSpec:
+        offer = sorted(set(self.offer)) if self.offer else [self.max]
+        return GrantSpec(max=self.max, same=tuple(self.same), offer=tuple(offer))
+
+
 MAX_PROBE_TIMEOUT = 10.0
 
 
@@ -405,6 +446,7 @@ class ApprovalModel(_Model):
     allow_self_approval: StrictBool | None = None
     escalate_after: Duration | None = None
     escalate_to: EscalateToModel | None = None
+    grant: GrantModel | None = None
     context: ContextModel | None = None
 
 
@@ -417,6 +459,7 @@ class ApprovalDefaultsModel(_Model):
     allow_self_approval: StrictBool = DEFAULT_APPROVAL.allow_self_approval
     escalate_after: Duration | None = None
     escalate_to: EscalateToModel | None = None
+    grant: GrantModel | None = None
 
 
 class RateLimitModel(_Model):
@@ -470,6 +513,7 @@ _KNOWN_FIELDS = sorted(
             ConditionModel,
             ApprovalModel,
             EscalateToModel,
+            GrantModel,
             ContextModel,
             RateLimitModel,
             RuleModel,
@@ -552,6 +596,11 @@ def _escalation_errors(spec: ApprovalSpec, where: str) -> list[str]:
     return []
 
 
+def _approval_spec(defaults: ApprovalDefaultsModel) -> ApprovalSpec:
+    fields = _spec_fields(defaults.model_dump(exclude={"grant"}))
+    return ApprovalSpec(**fields, grant=defaults.grant.spec() if defaults.grant else None)
+
+
 def native_spec(data: Mapping[str, Any]) -> PolicySpec:
     """Validate a native policy and normalise it; raise PolicyError listing every problem."""
     errors = _duplicate_name_errors(data.get("rules"))
@@ -562,16 +611,21 @@ def native_spec(data: Mapping[str, Any]) -> PolicySpec:
     if errors:
         raise PolicyError(errors)
 
-    defaults = ApprovalSpec(**_spec_fields(model.approval_defaults.model_dump()))
+    defaults = _approval_spec(model.approval_defaults)
     rules = []
     for index, rule in enumerate(model.rules):
         name = rule.name or f"rules[{index}]"
         approval = None
         if rule.action == "require_approval":
-            overrides = rule.approval.model_dump(exclude_none=True) if rule.approval else {}
-            if rule.approval is not None and rule.approval.context is not None:
-                overrides["context"] = rule.approval.context.spec()
-            approval = replace(defaults, **_spec_fields(overrides))
+            overrides: dict[str, Any] = {}
+            if rule.approval is not None:
+                dumped = rule.approval.model_dump(exclude_none=True, exclude={"grant", "context"})
+                overrides = _spec_fields(dumped)
+                if rule.approval.grant is not None:
+                    overrides["grant"] = rule.approval.grant.spec()
+                if rule.approval.context is not None:
+                    overrides["context"] = rule.approval.context.spec()
+            approval = replace(defaults, **overrides)
             errors += _escalation_errors(approval, f"rules.{index}.approval")
         limit = None
         if rule.rate_limit is not None:
@@ -763,12 +817,12 @@ class _Rule:
 
 
 def _approval_doc(spec: ApprovalSpec | None) -> dict[str, Any] | None:
-    """An approval's meaning for the revision; unused escalation keys left out so that policies
-    written before escalation existed keep their revision."""
+    """An approval's meaning for the revision; unused escalation and grant keys left out so that
+    policies written before those existed keep their revision."""
     if spec is None:
         return None
     doc = asdict(spec)
-    for key in ("escalate_after", "escalate_to"):
+    for key in ("escalate_after", "escalate_to", "grant"):
         if doc[key] is None:
             del doc[key]
     return doc

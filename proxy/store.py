@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,15 @@ class Approval(SQLModel, table=True):
     outcome: str | None = None  # after execution: ok / tool_error / upstream error text
     executed_at: datetime | None = None
     reported: bool = False  # pending mode: the agent has been told the final state
+    # Approving for a while and editing (proxy.grants, proxy.edits); added in schema version 3.
+    input_schema: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # to check edits
+    identity_groups: list[str] | None = Field(default=None, sa_column=Column(JSON))  # to re-decide edits
+    grant_offer: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # proxy.grants.offer_of
+    grant_id: str | None = None  # the grant this approval created
+    # The exact arguments an approver changed the call to (the database is private: see `open`).
+    edited_arguments: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    edited_hash: str | None = None
+    edited_paths: list[str] | None = Field(default=None, sa_column=Column(JSON))
     # The context probe's answer about the target (proxy.context): what approvers were shown.
     context: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
@@ -94,6 +103,7 @@ class Vote(SQLModel, table=True):
     approval_id: str = Field(index=True)
     user: str
     at: datetime = Field(default_factory=utcnow)
+    grant_for: float | None = None  # seconds: this approver approved for a while (schema version 3)
 
 
 class AuditRecord(SQLModel, table=True):
@@ -119,6 +129,29 @@ class AuditRecord(SQLModel, table=True):
     outcome: str = ""  # ok / tool_error / denied / expired / upstream_unavailable / …
     replica: str = ""
     policy_revision: str = ""
+    grant_id: str | None = None  # the call ran under this grant, without asking (schema version 3)
+    edited_hash: str | None = None  # the call ran with arguments an approver edited (schema version 3)
+
+
+class Grant(SQLModel, table=True):
+    """An approval for a while: the same identity, tool and `same` argument values run without asking."""
+
+    __tablename__ = "grant"
+    __table_args__ = (Index("ix_grant_lookup", "identity", "tool", "values_hash"),)
+    id: str = Field(primary_key=True)
+    identity: str
+    upstream: str = ""
+    tool: str  # public (namespaced) name
+    rule: str = ""  # the rule that offered it: a call under another rule is not covered
+    same: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    values: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # masked
+    values_hash: str  # of the exact values
+    created_by: str  # the person (or, with a quorum, the people) who approved for a while
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+    approval_id: str = Field(index=True)
 
 
 class Replica(SQLModel, table=True):
@@ -186,11 +219,26 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, []),  # the first release's schema, as the models above define it
     (
         2,
-        [
+        [  # escalation: when a request is due, where it is re-posted, and that it was (once)
             "ALTER TABLE approval ADD COLUMN escalate_at TIMESTAMP WITH TIME ZONE",
             "ALTER TABLE approval ADD COLUMN escalate_channel VARCHAR",
             "ALTER TABLE approval ADD COLUMN escalate_usergroup VARCHAR",
             "ALTER TABLE approval ADD COLUMN escalated_at TIMESTAMP WITH TIME ZONE",
+        ],
+    ),
+    (
+        3,
+        [  # approving for a while and editing (the `grant` table itself comes from create_all)
+            "ALTER TABLE approval ADD COLUMN input_schema JSON",
+            "ALTER TABLE approval ADD COLUMN identity_groups JSON",
+            "ALTER TABLE approval ADD COLUMN grant_offer JSON",
+            "ALTER TABLE approval ADD COLUMN grant_id VARCHAR",
+            "ALTER TABLE approval ADD COLUMN edited_arguments JSON",
+            "ALTER TABLE approval ADD COLUMN edited_hash VARCHAR",
+            "ALTER TABLE approval ADD COLUMN edited_paths JSON",
+            "ALTER TABLE vote ADD COLUMN grant_for FLOAT",
+            "ALTER TABLE audit ADD COLUMN grant_id VARCHAR",
+            "ALTER TABLE audit ADD COLUMN edited_hash VARCHAR",
         ],
     ),
     (4, ["ALTER TABLE approval ADD COLUMN context JSON"]),  # the context probe's answer (proxy.context)
@@ -297,13 +345,21 @@ class Store:
             await s.commit()
 
     async def vote(
-        self, approval_id: str, user: str, quorum: int, **approve_values: Any
+        self,
+        approval_id: str,
+        user: str,
+        quorum: int,
+        *,
+        grant_for: float | None = None,
+        grant: Callable[[list[str], list[float | None]], Grant | None] | None = None,
+        **approve_values: Any,
     ) -> tuple[int | None, Approval | None]:
         """Record `user`'s approve vote and, if it completes the quorum, approve — in one transaction.
 
         Returns (distinct approvers so far, the approved row if this vote approved it). The count is None
         when `user` already voted or the request is no longer pending. A failure anywhere leaves no vote
-        behind, so the click can simply be repeated.
+        behind, so the click can simply be repeated. `grant_for` is how long this voter approved for;
+        when the quorum completes, `grant(voters, their durations)` may return a grant to create with it.
         """
         async with self._writing(), self.sessions() as s:
             # Locks the row on PostgreSQL, so concurrent voters count each other's votes.
@@ -317,7 +373,7 @@ class Store:
             if already.first() is not None:
                 await s.rollback()
                 return None, None
-            s.add(Vote(approval_id=approval_id, user=user))
+            s.add(Vote(approval_id=approval_id, user=user, grant_for=grant_for))
             await s.flush()
             count = int(
                 (
@@ -333,6 +389,14 @@ class Store:
                         select(Vote.user).where(Vote.approval_id == approval_id).order_by(col(Vote.at))
                     )
                 ).all()
+                granted = None
+                if grant is not None:
+                    durations = (
+                        await s.exec(select(Vote.grant_for).where(Vote.approval_id == approval_id))
+                    ).all()
+                    granted = grant(list(voters), list(durations))
+                    if granted is not None:
+                        approve_values["grant_id"] = granted.id
                 result = await s.exec(
                     update(Approval)
                     .where(col(Approval.id) == approval_id, col(Approval.status) == PENDING)
@@ -340,6 +404,8 @@ class Store:
                     .returning(Approval)
                 )
                 row = result.scalars().first()
+                if row is not None and granted is not None:
+                    s.add(granted)
                 if row is not None and self.is_postgres:
                     await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
             await s.commit()
@@ -362,6 +428,77 @@ class Store:
                 .limit(1)
             )
             return (await s.exec(q)).first()
+
+    async def transition_granting(
+        self, approval_id: str, from_status: str, to_status: str, grant: Grant, **values: Any
+    ) -> Approval | None:
+        """`transition` that, when it wins, also creates `grant` — in one transaction, so a grant never
+        exists for a request someone else decided differently."""
+        async with self._writing(), self.sessions() as s:
+            result = await s.exec(
+                update(Approval)
+                .where(col(Approval.id) == approval_id, col(Approval.status) == from_status)
+                .values(status=to_status, grant_id=grant.id, **values)
+                .returning(Approval)
+            )
+            row = result.scalars().first()
+            if row is not None:
+                s.add(grant)
+                if self.is_postgres:
+                    await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
+            await s.commit()
+            return row
+
+    # -- grants ------------------------------------------------------------------------------
+
+    async def live_grant(
+        self, identity: str, tool: str, rule: str, values_hash: str, now: datetime, longest: float
+    ) -> Grant | None:
+        """A grant covering this call now: not revoked, not expired, and no older than the rule's
+        current `max` (a policy that shortened it shortens the grants it gave)."""
+        async with self.sessions() as s:
+            q = (
+                select(Grant)
+                .where(
+                    Grant.identity == identity,
+                    Grant.tool == tool,
+                    Grant.values_hash == values_hash,
+                    Grant.rule == rule,
+                    col(Grant.revoked_at).is_(None),
+                    col(Grant.expires_at) > now,
+                    col(Grant.created_at) > now - timedelta(seconds=longest),
+                )
+                .order_by(col(Grant.expires_at).desc())
+                .limit(1)
+            )
+            return (await s.exec(q)).first()
+
+    async def grant(self, grant_id: str) -> Grant | None:
+        async with self.sessions() as s:
+            return await s.get(Grant, grant_id)
+
+    async def grants(self, *, live_at: datetime | None = None, limit: int = 100) -> list[Grant]:
+        """Grants, newest first; with `live_at`, only those neither revoked nor expired then."""
+        async with self.sessions() as s:
+            q = select(Grant).order_by(col(Grant.created_at).desc()).limit(limit)
+            if live_at is not None:
+                q = q.where(col(Grant.revoked_at).is_(None), col(Grant.expires_at) > live_at)
+            return list((await s.exec(q)).all())
+
+    async def revoke_grant(self, grant_id: str, by: str, now: datetime) -> Grant | None:
+        """End a live grant at once; None when it is unknown, already revoked or already expired."""
+        async with self._writing(), self.sessions() as s:
+            result = await s.exec(
+                update(Grant)
+                .where(
+                    col(Grant.id) == grant_id, col(Grant.revoked_at).is_(None), col(Grant.expires_at) > now
+                )
+                .values(revoked_at=now, revoked_by=by)
+                .returning(Grant)
+            )
+            row = result.scalars().first()
+            await s.commit()
+            return row
 
     async def expire_overdue(self, now: datetime | None = None) -> list[str]:
         """Expire every pending approval past its deadline; returns the ids this call expired."""
@@ -710,6 +847,8 @@ _AUDIT_DEFAULTS = {
     "outcome": "",
     "replica": "",
     "policy_revision": "",
+    "grant_id": None,
+    "edited_hash": None,
 }
 
 

@@ -13,12 +13,14 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.approvals import Broker
+from proxy import grants
+from proxy.approvals import Broker, ClickResult
 from proxy.context import context_json
 from proxy.history import PastDecision, history_json, recent_decisions
 from proxy.pins import action_text
+from proxy.redact import display_mask
 from proxy.signin import SignIn
-from proxy.store import EXECUTED, PENDING, Approval, AuditRecord, Store, utcnow
+from proxy.store import EXECUTED, PENDING, Approval, AuditRecord, Grant, Store, utcnow
 from proxy.webjson import json_error, json_response
 
 log = logging.getLogger("signoff.web")
@@ -99,6 +101,58 @@ def approval_json(
         "outcome": a.outcome,
         "context": context_json(a.context),
         "history": history_json(history) if history is not None else None,
+        **_grant_and_edit_json(a),
+    }
+
+
+def _grant_and_edit_json(a: Approval) -> dict[str, Any]:
+    """What a request offers (approving for a while) and how it was approved (a grant, an edit)."""
+    offer = a.grant_offer
+    edited = None
+    if a.edited_hash is not None:
+        edited = {
+            "from": a.args_hash,
+            "to": a.edited_hash,
+            "changed": a.edited_paths or [],
+            # Every byte that ran, with secrets masked where they stand, like the original arguments.
+            "arguments": display_mask(a.edited_arguments),
+        }
+    return {
+        "grantOffer": {
+            "offer": grants.offered(a),
+            "offerText": [grants.spoken(o) for o in grants.offered(a)],
+            "max": offer.get("max"),
+            "same": offer.get("same") or [],
+            "values": offer.get("values") or {},
+        }
+        if offer
+        else None,
+        "grantId": a.grant_id,
+        "editable": a.quorum <= 1 and a.input_schema is not None,  # see Broker._edit_problem
+        "edited": edited,
+    }
+
+
+def grant_json(g: Grant) -> dict[str, Any]:
+    """The API's view of a grant: what it covers, who gave it, until when, and whether it still holds."""
+    now = utcnow()
+    return {
+        "id": g.id,
+        "state": grants.grant_state(g, now),
+        "identity": g.identity,
+        "upstream": g.upstream,
+        "tool": g.tool,
+        "rule": g.rule,
+        "same": g.same,
+        "values": g.values,
+        "covers": grants.covers(g),
+        "createdBy": g.created_by,
+        "createdAt": _iso(g.created_at),
+        "expiresAt": _iso(g.expires_at),
+        "secondsLeft": round(max(0.0, (g.expires_at - now).total_seconds()), 1) if not g.revoked_at else 0.0,
+        "revokedAt": _iso(g.revoked_at),
+        "revokedBy": g.revoked_by,
+        "approvalId": g.approval_id,
     }
 
 
@@ -122,6 +176,8 @@ def audit_json(r: AuditRecord) -> dict[str, Any]:
         "outcome": r.outcome,
         "replica": r.replica,
         "policyRevision": r.policy_revision,
+        "grantId": r.grant_id,
+        "editedHash": r.edited_hash,
     }
 
 
@@ -137,6 +193,8 @@ class ApprovalsApi:
         app.router.add_get("/api/approvals/{id}", self.get)
         app.router.add_post("/api/approvals/{id}/decide", self.decide)
         app.router.add_get("/api/audit", self.audit)
+        app.router.add_get("/api/grants", self.list_grants)
+        app.router.add_post("/api/grants/{id}/revoke", self.revoke_grant)
 
     async def page(self, _: web.Request) -> web.Response:
         html = resources.files("proxy").joinpath("web/approvals.html").read_text()
@@ -205,16 +263,17 @@ class ApprovalsApi:
         confirm_changed = body.get("confirmChanged", False)
         if not isinstance(confirm_changed, bool):
             raise json_error(web.HTTPBadRequest, "confirmChanged must be true or false")
+        grant_for, arguments = _approve_extras(body, decision)
         result = await self.broker.decide(
             request.match_info["id"],
             decision == "approve",
             person,
             reason.strip() if reason else None,
+            grant_for=grant_for,
+            arguments=arguments,
             confirm_changed=confirm_changed,
         )
-        status = (
-            200 if result.accepted else 403 if result.refused else 404 if result.status == "unknown" else 409
-        )
+        status = _http_status(result)
         answer = {
             "accepted": result.accepted,
             "status": result.status,
@@ -226,6 +285,23 @@ class ApprovalsApi:
             answer["contextChanged"] = result.changed
         return json_response(answer, status=status)
 
+    async def list_grants(self, request: web.Request) -> web.Response:
+        await self.signin.viewer(request)
+        status = request.query.get("status", "live")
+        if status not in ("live", "all"):
+            raise json_error(web.HTTPBadRequest, "status must be live or all")
+        rows = await self.store.grants(
+            live_at=utcnow() if status == "live" else None, limit=_int(request.query.get("limit"), 100)
+        )
+        return json_response({"grants": [grant_json(g) for g in rows]})
+
+    async def revoke_grant(self, request: web.Request) -> web.Response:
+        person = await self.signin.decider(request)
+        result = await self.broker.revoke_grant(request.match_info["id"], person)
+        status = _http_status(result)
+        body = {"accepted": result.accepted, "status": result.status, "message": result.message}
+        return json_response({**body, "by": person.name}, status=status)
+
     async def audit(self, request: web.Request) -> web.Response:
         await self.signin.viewer(request)
         rows = await self.store.audit(
@@ -235,6 +311,30 @@ class ApprovalsApi:
             decision=request.query.get("decision"),
         )
         return json_response({"records": [audit_json(r) for r in rows]})
+
+
+def _http_status(result: ClickResult) -> int:
+    """A decision's answer as HTTP: done, not yours to make, no such thing, malformed, or too late."""
+    if result.accepted:
+        return 200
+    if result.refused:
+        return 403
+    if result.status == "unknown":
+        return 404
+    return 400 if result.invalid else 409
+
+
+def _approve_extras(body: dict[str, Any], decision: str) -> tuple[float | str | None, dict[str, Any] | None]:
+    """`for` (approve for a while) and `arguments` (edit and approve) from a decision's body."""
+    grant_for, arguments = body.get("for"), body.get("arguments")
+    if decision != "approve" and (grant_for is not None or arguments is not None):
+        raise json_error(web.HTTPBadRequest, "`for` and `arguments` go with decision: approve")
+    duration_like = isinstance(grant_for, str | int | float) and not isinstance(grant_for, bool)
+    if grant_for is not None and not duration_like:
+        raise json_error(web.HTTPBadRequest, '`for` must be a duration such as "30m", or seconds')
+    if arguments is not None and not isinstance(arguments, dict):
+        raise json_error(web.HTTPBadRequest, "`arguments` must be a JSON object: the call's edited arguments")
+    return grant_for, arguments
 
 
 _STATUSES = ("all", "pending", "approved", "denied", "expired", "withdrawn", "executed")

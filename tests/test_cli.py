@@ -115,7 +115,9 @@ def signoff_as(person: str | None, *args: str) -> subprocess.CompletedProcess[st
 async def test_approvals_cli_shows_and_decides_as_the_person_whose_token_it_has(
     tmp_path: Path, exec_log: Path
 ) -> None:
-    with running_gateway(gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
+    # Two minutes to decide: each CLI run below is a new Python process, slow on a busy machine.
+    patient = {**HOLD, "approval": {"approvers": "oncall", "timeout": "2m"}}
+    with running_gateway(gateway_config(exec_log, policy(patient), approvers=APPROVERS), tmp_path) as gw:
         conf = str(gw.config_path)
         async with Client(gw.mcp_url, mode="legacy") as client:
             task = asyncio.create_task(call_held(client, "via-cli"))

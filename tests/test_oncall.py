@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from proxy.escalation import trigger_event
 from proxy.pagerduty import PagerDuty
 from proxy.people import People
 from proxy.policy import PolicyError, native_spec
-from proxy.store import Approval, Store, utcnow
+from proxy.store import MIGRATIONS, Approval, Store, utcnow
 from tests.conftest import DECISION, PEOPLE, Admin, executions, gateway_config
 from tests.fakepagerduty import API_TOKEN, ROUTING_KEY, FakePagerDuty
 from tests.fakeslack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, block_action_payload, post_signed
@@ -452,15 +453,10 @@ async def test_migration_2_adds_the_escalation_columns_to_an_older_database(db_u
     try:
         await store.open()
         async with store.engine.begin() as conn:  # make it look like a version-1 database
-            # (and without the columns later migrations add: `context`, migration 4)
-            for column in (
-                "escalate_at",
-                "escalate_channel",
-                "escalate_usergroup",
-                "escalated_at",
-                "context",
-            ):
-                await conn.execute(text(f"ALTER TABLE approval DROP COLUMN {column}"))
+            for version, statements in MIGRATIONS:
+                for statement in statements if version > 1 else ():
+                    table, column = re.match(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", statement).groups()  # type: ignore[union-attr]
+                    await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
             await conn.execute(text("UPDATE signoff_schema SET version = 1"))
         await store.open()
         await store.add_approval(_approval(1, escalate_channel="C0ESCALATE"))

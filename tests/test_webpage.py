@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -231,6 +232,7 @@ async def test_a_non_approver_is_refused_and_nothing_is_decided(
 
         # The real on-call engineer signs in on the same browser and decides.
         await page.get_by_role("button", name="Sign out").click()
+        await expect(page.locator("#login")).to_be_visible()
         await open_page(page, gateway, "bob")
         await card(page, "gamma").get_by_role("button", name="Approve").click()
         await expect(banner).to_contain_text("Approved")
@@ -316,3 +318,17 @@ async def test_single_sign_on_through_a_real_openid_provider_then_approve(
                 decided = await asyncio.to_thread(api, gw, "/api/approvals?status=all")
                 assert decided["approvals"][0]["decidedBy"] == "alice"
     assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["zeta"]
+
+
+async def test_a_link_to_one_request_highlights_it(gateway: Gateway, page: Page) -> None:
+    async with Client(gateway.mcp_url, mode="legacy") as client:
+        first, second = held_call(client, "eta"), held_call(client, "theta")
+        pending = await wait_pending(gateway, 2)
+        wanted = next(a for a in pending if a["arguments"]["name"] == "eta")
+        await page.goto(
+            f"{gateway.control_url}/approvals?approval={wanted['id']}#signin={person_token('alice')}"
+        )
+        await expect(card(page, "eta")).to_have_class(re.compile(r"\blinked\b"))
+        await expect(card(page, "theta")).not_to_have_class(re.compile(r"\blinked\b"))
+        first.cancel()
+        second.cancel()

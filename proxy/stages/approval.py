@@ -3,6 +3,10 @@
 `obtain(call)` is the whole of it: a `hold` request waits (reporting progress) for the decision; a
 `pending` request answers at once and the same call made again after approval runs exactly once.
 Either way the call comes back approved, or ends here with a refusal the agent can read.
+
+Before asking, a live grant is looked up in the database (each call, so a revocation or expiry stops
+the next call on every replica): a call it covers runs without a request. An approval with edited
+arguments runs with exactly those, and the agent's result says so.
 """
 
 from __future__ import annotations
@@ -13,14 +17,16 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from proxy.approvals import ApprovalUnavailable, Broker, Outcome
+from proxy import edits, grants
+from proxy.approvals import ApprovalUnavailable, Broker, Outcome, arguments_hash
 from proxy.calls import ToolCall
+from proxy.identity import Identity
 from proxy.policies import PolicySet
 from proxy.policy import Decision
-from proxy.results import Refused, refusal
+from proxy.results import META_KEY, Refused, refusal
 from proxy.risk import call_risk, explain
 from proxy.stages import Next
-from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, utcnow
+from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant, utcnow
 
 log = logging.getLogger("signoff.pipeline")
 
@@ -31,13 +37,17 @@ class ApprovalStage:
     def __init__(self, broker: Broker | None, policies: PolicySet) -> None:
         self.broker = broker
         self.policies = policies
+        if broker is not None:
+            # Whichever replica an approver edits a request on checks the edit against its policy.
+            broker.edit_verdict = self.edit_verdict
 
     async def __call__(self, call: ToolCall, next: Next) -> dict[str, Any]:
         verdict = call.verdict
         if not verdict.enforced or verdict.decision.action != "require_approval":
             return await next(call)
         try:
-            approval = await self.obtain(call)
+            grant = await self._live_grant(call)
+            approval = await self.obtain(call) if grant is None else None
         except (Refused, asyncio.CancelledError):
             raise
         except Exception as e:  # the approval store cannot be reached: fail closed
@@ -51,7 +61,9 @@ class ApprovalStage:
                 ),
                 "approval_unavailable",
             ) from None
-        assert self.broker is not None
+        if grant is not None:
+            return await self._under_grant(call, grant, next)
+        assert self.broker is not None and approval is not None
         try:
             result = await next(call)
         except BaseException as e:
@@ -60,7 +72,69 @@ class ApprovalStage:
         self.broker.report_outcome(
             approval, "tool_error" if result.get("isError") else "ok", _first_text(result)
         )
+        if call.record.edited is not None:
+            result = _told_of_edit(result, approval.id, call.record.edited)
         return result
+
+    # -- grants ------------------------------------------------------------------------------
+
+    async def _live_grant(self, call: ToolCall) -> Grant | None:
+        """The live grant covering this call, if its rule offers grants (one indexed read)."""
+        decision = call.verdict.decision
+        spec = decision.approval.grant if decision.approval else None
+        if spec is None or self.broker is None:
+            return None
+        scope = grants.scope_of(call.arguments, spec.same)
+        grant = await self.broker.store.live_grant(
+            call.identity.name, call.public_name, decision.rule, scope.hash, utcnow(), spec.max
+        )
+        if grant is not None and decision.approval is not None and decision.approval.mode == "pending":
+            # Pending mode's call-again of an approved request runs under that approval (once, and
+            # with the arguments as edited, if they were), not under the grant it also created.
+            again = await self.broker.lookup_pending_mode(call)
+            if again is not None and again.status == APPROVED:
+                return None
+        return grant
+
+    async def _under_grant(self, call: ToolCall, grant: Grant, next: Next) -> dict[str, Any]:
+        """Run a call a grant covers: no request, audited with the grant and who gave it."""
+        call.record.grant_id = grant.id
+        call.record.approvers = grant.created_by
+        return await next(call)
+
+    # -- edits -------------------------------------------------------------------------------
+
+    def edit_verdict(self, approval: Approval, arguments: dict[str, Any]) -> tuple[Decision, bool] | None:
+        """The policy's decision for the request's call with `arguments` instead (None: unknown tool)."""
+        resolved = self.policies.names.resolve(approval.tool)
+        if resolved is None or resolved[0] != approval.upstream:
+            return None
+        identity = Identity(approval.identity, frozenset(approval.identity_groups or ()))
+        verdict = self.policies.decide(identity, approval.upstream, resolved[1], arguments)
+        return verdict.decision, verdict.enforced
+
+    def _apply_edit(self, call: ToolCall, approval: Approval) -> None:
+        """An approver edited the arguments: the call runs with exactly those (checked byte for byte)."""
+        edited = approval.edited_arguments
+        if edited is None:
+            return
+        if arguments_hash(edited) != approval.edited_hash:
+            raise Refused(
+                refusal(
+                    "denied",
+                    "The approved, edited arguments do not match their recorded hash; the call did not run.",
+                    has_output_schema=call.has_output_schema,
+                    approvalId=approval.id,
+                ),
+                "denied",
+            )
+        changed = edits.changed_paths(call.arguments, edited)
+        call.record.edited = {"from": approval.args_hash, "to": approval.edited_hash, "changed": changed}
+        call.record.reason = (
+            f"arguments edited by {approval.decided_by}: sha256 {approval.args_hash} → "
+            f"{approval.edited_hash} (changed: {', '.join(changed) or '-'})"
+        )
+        call.arguments = edited
 
     async def obtain(self, call: ToolCall) -> Approval:
         """The approval this call runs under; raises Refused when there is none (yet)."""
@@ -95,6 +169,7 @@ class ApprovalStage:
                     raise Refused(_closed_result(call, WITHDRAWN, approval, None), WITHDRAWN)
         call.record.approval_id = approval.id
         call.record.approvers = approval.decided_by
+        self._apply_edit(call, approval)
         self._recheck_policy(call, approval)
         return approval
 
@@ -214,6 +289,14 @@ def _still_usable(approval: Approval, decision: Decision) -> bool:
         return False
     timeout = decision.approval.timeout if decision.approval else 600.0
     return utcnow() <= approval.decided_at + timedelta(seconds=timeout)
+
+
+def _told_of_edit(result: dict[str, Any], approval_id: str, edited: dict[str, Any]) -> dict[str, Any]:
+    """The upstream's result, plus a line and `_meta` saying the call ran with edited arguments."""
+    note = {"type": "text", "text": edits.agent_note(edited["changed"], edited["from"], edited["to"])}
+    meta = dict(result.get("_meta") or {})
+    meta[META_KEY] = {**(meta.get(META_KEY) or {}), "approvalId": approval_id, "edited": edited}
+    return {**result, "content": [*(result.get("content") or []), note], "_meta": meta}
 
 
 def _first_text(result: dict[str, Any]) -> str | None:

@@ -103,4 +103,6 @@ class Audited:
             outcome=record.outcome or "unknown",
             replica=self.replica,
             policy_revision=record.revision,
+            grant_id=record.grant_id,
+            edited_hash=record.edited["to"] if record.edited else None,
         )

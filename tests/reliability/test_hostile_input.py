@@ -480,7 +480,7 @@ def _configs() -> dict[str, tuple[str, str]]:
     }
 
 
-CONFIG_TIMEOUT = 10.0
+CONFIG_TIMEOUT = 30.0  # a safety net against a hang: four run at once on two busy cores
 
 
 @pytest.fixture(scope="module")
