@@ -150,9 +150,8 @@ def _approval(call: ToolCall, error: BaseException | None, waited: float) -> dic
         out["signoff.approval.id"] = record.approval_id
     if record.approvers:
         out["signoff.approval.decided_by"] = record.approvers
-    grant = getattr(record, "grant_id", None)  # set by approvals granted for a while, where they exist
-    if grant:
-        out["signoff.approval.grant_id"] = str(grant)
+    if record.grant_id:  # ran under an "approve for a while" grant, without asking
+        out["signoff.approval.grant_id"] = record.grant_id
     return out
 
 
