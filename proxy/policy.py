@@ -817,12 +817,12 @@ class _Rule:
 
 
 def _approval_doc(spec: ApprovalSpec | None) -> dict[str, Any] | None:
-    """An approval's meaning for the revision; unused escalation and grant keys left out so that
-    policies written before those existed keep their revision."""
+    """An approval's meaning for the revision; unused escalation, grant and context keys left out so
+    that policies written before those existed keep their revision."""
     if spec is None:
         return None
     doc = asdict(spec)
-    for key in ("escalate_after", "escalate_to", "grant"):
+    for key in ("escalate_after", "escalate_to", "grant", "context"):
         if doc[key] is None:
             del doc[key]
     return doc
@@ -856,7 +856,8 @@ def _canonical(spec: PolicySpec) -> str:
         "hide": sorted(set(spec.hide)),
         "rules": rules,
     }
-    if spec.annotated_destructive != "default":
+    # Only when not its format's default, so policies written before the setting keep their revision.
+    if spec.annotated_destructive != ("require_approval" if spec.source_format == "signoff" else "default"):
         document["annotated_destructive"] = spec.annotated_destructive
     return json.dumps(document, sort_keys=True, separators=(",", ":"), default=repr)
 

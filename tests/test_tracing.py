@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.conftest import ADMIN_TOKEN, PEOPLE, Admin
+from tests.conftest import ADMIN_TOKEN, PEOPLE, Admin, person_token
 from tests.procs import PYTHON, ROOT, free_port, spawn, start_gateway, wait_port
 from tests.test_lean_path import lean_answers
 
@@ -127,6 +127,18 @@ def http_fixture(tmp_path: Path) -> Any:
         proc.stop()
 
 
+async def approve_for(
+    admin: Admin, approval_id: str, user: str, seconds: float
+) -> tuple[int, dict[str, Any]]:
+    """Approve, and let the same call run without asking for `seconds` (a grant)."""
+    headers = {"Authorization": f"Bearer {person_token(user)}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        r = await http.post(
+            f"{admin.base}/api/approvals/{approval_id}/decide", json={"decision": "approve", "for": seconds}
+        )
+        return r.status_code, r.json()
+
+
 def config(tmp_path: Path, upstream_url: str, timeout: str = "30s") -> dict[str, Any]:
     return {
         "upstreams": {"fixture": {"url": upstream_url}},
@@ -142,7 +154,11 @@ def config(tmp_path: Path, upstream_url: str, timeout: str = "30s") -> dict[str,
                     "name": RULE,
                     "tools": "deploy",
                     "action": "require_approval",
-                    "approval": {"approvers": "oncall", "timeout": timeout},
+                    "approval": {
+                        "approvers": "oncall",
+                        "timeout": timeout,
+                        "grant": {"max": "10m", "same": ["build"]},
+                    },
                 }
             ],
         },
@@ -192,8 +208,10 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
         call = asyncio.create_task(client.call_tool("deploy", {"build": "b1"}))
         [request] = await admin.pending()
         await asyncio.sleep(0.3)  # an approval that takes a moment: time to decide > 0.3 s
-        assert (await admin.decide(request["id"], "approve", "alice"))[0] == 200
+        # Approved for a while: the same build runs again without asking, under the grant.
+        assert (await approve_for(admin, request["id"], "alice", 600))[0] == 200
         assert not (await asyncio.wait_for(call, 10)).is_error
+        assert not (await client.call_tool("deploy", {"build": "b1"})).is_error
 
         # The second call carries its trace context in `_meta` instead, and is denied.
         meta = {"traceparent": f"00-{META_TRACE}-{META_SPAN}-01"}
@@ -210,16 +228,22 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
         assert not (await client.session.call_tool("get_status", {"target": "t2"}, meta=lean_meta)).is_error
         assert lean_answers(gw.control_url) == lean_before + 2
 
-        calls = await receiver.wait_for("signoff tools/call", 4)
+        calls = await receiver.wait_for("signoff tools/call", 5)
         await receiver.wait_for("signoff upstream")
-        await receiver.wait_for("signoff approval", 2)
+        await receiver.wait_for("signoff approval", 3)
 
     resource = next(r for r, s in receiver.spans if s.name == "signoff tools/call")
     assert resource["service.name"] == "signoff-under-test"
     by_id = {hexid(s.span_id): s for _, s in receiver.spans}
 
     # 1. The client's HTTP traceparent is the root; the mcp SDK's request span is its child; ours under it.
-    first = next(s for s in calls if hexid(s.trace_id) == CLIENT_TRACE)
+    approved = next(
+        s
+        for s in receiver.named("signoff approval")
+        if attributes(s).get("signoff.approval.id") == request["id"]
+    )
+    first = by_id[hexid(approved.parent_span_id)]
+    assert hexid(first.trace_id) == CLIENT_TRACE
     sdk_span = by_id[hexid(first.parent_span_id)]
     assert sdk_span.name == "tools/call deploy" and sdk_span.kind == Span.SPAN_KIND_SERVER
     assert hexid(sdk_span.parent_span_id) == CLIENT_SPAN
@@ -241,6 +265,18 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
     # The phases in order: decided before the upstream was called.
     assert (
         children["signoff approval"].end_time_unix_nano <= children["signoff upstream"].start_time_unix_nano
+    )
+
+    # The call the grant let through: its approval span names the grant, and who gave it.
+    granted = [
+        attributes(s)
+        for s in receiver.named("signoff approval")
+        if "signoff.approval.grant_id" in attributes(s)
+    ]
+    assert len(granted) == 1 and granted[0]["signoff.approval.grant_id"].startswith("gr_")
+    assert (granted[0]["signoff.approval.decision"], granted[0]["signoff.approval.decided_by"]) == (
+        "approved",
+        "alice",
     )
 
     # 2. The upstream call: the SDK's client span nests in ours, and its context went out as the header.
