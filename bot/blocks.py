@@ -17,6 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from proxy import grants
+from proxy.context import change_text, summary
+from proxy.history import PastDecision
+from proxy.pins import action_text
 from proxy.redact import display_mask, redact_text
 from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant
 
@@ -25,6 +28,7 @@ APPROVE = "signoff_approve"
 DENY = "signoff_deny"
 DENY_WITH_REASON = "signoff_deny_reason"
 VIEW_ARGUMENTS = "signoff_view_arguments"
+APPROVE_ANYWAY = "signoff_approve_anyway"  # the second yes when the target changed since it was shown
 DENY_REASON_VIEW = "signoff_deny_reason"
 REASON_BLOCK = "reason"
 REASON_ACTION = "reason"
@@ -333,8 +337,10 @@ def _body(approval: Approval, now: datetime, pending: bool) -> tuple[list[dict[s
     preview, cut = arguments_preview(approval.arguments)
     blocks: list[dict[str, Any]] = [
         {"type": "section", "block_id": "summary", "fields": _summary_fields(approval, now, pending)},
-        _section(preview, "arguments"),
     ]
+    if approval.context:
+        blocks.append(_section(live_state(approval.context), "context"))
+    blocks.append(_section(preview, "arguments"))
     if cut:
         blocks.append(_context("Long values are cut here. *View all arguments* shows them in full."))
     return blocks, cut
@@ -375,12 +381,18 @@ def _footer(approval: Approval) -> dict[str, Any]:
 
 
 def request_message(
-    approval: Approval, voters: Sequence[str], *, now: datetime, on_call: Sequence[str] | None = None
+    approval: Approval,
+    voters: Sequence[str],
+    *,
+    now: datetime,
+    on_call: Sequence[str] | None = None,
+    history: Sequence[PastDecision] | None = None,
 ) -> dict[str, Any]:
     """The pending request, with its buttons (and the quorum's progress once someone approved).
 
     `on_call`: who is on call now for its approver group (Slack user IDs are mentioned, anything
     else shown as text); None when the group follows no schedule.
+    `history`: the caller's last decisions on the tool, shown under the arguments (None: not shown).
     """
     icon = _RISK.get(approval.risk, (":grey_question:", ""))[0]
     blocks: list[dict[str, Any]] = [
@@ -388,6 +400,8 @@ def request_message(
     ]
     body, cut = _body(approval, now, pending=True)
     blocks += body
+    if history is not None:
+        blocks.append(history_block(approval, history))
     if on_call is not None:
         blocks.append(_section(on_call_line(on_call), "oncall"))
     if voters:
@@ -537,6 +551,102 @@ def edit_modal(approval: Approval) -> dict[str, Any] | None:
             },
         ],
     }
+
+
+# -- live state, history, a changed target ----------------------------------------------------------
+
+
+def live_state(context: dict[str, Any]) -> str:
+    """The context probe's answer as one mrkdwn line: the fields, what changed, or why it is unknown."""
+    tool = inline(str(context.get("tool") or "?"), 80)
+    at = context.get("at")
+    read = ""
+    if isinstance(at, str):
+        try:
+            read = " at " + _date(datetime.fromisoformat(at), "{time_secs}", "%H:%M:%S")
+        except ValueError:
+            read = ""
+    line = escape(_cut(summary(context), 1500))
+    if not isinstance(context.get("fields"), dict):
+        return f":grey_question: *Live state unknown* ({tool}): {line}"
+    changed = change_text(context)
+    if changed:
+        return (
+            f":warning: *Changed since the request was shown* (read with {tool}{read}): "
+            f"{escape(_cut(changed, 1200))}\n{line}"
+        )
+    return f":mag: *Live state* (read with {tool}{read}): {line}"
+
+
+_HISTORY_ICON = {APPROVED: ":white_check_mark:", DENIED: ":no_entry:", EXPIRED: ":hourglass:"}
+
+
+def history_block(approval: Approval, history: Sequence[PastDecision]) -> dict[str, Any]:
+    """A context block: the last decisions on this tool for this caller, and how approved ones ended."""
+    head = f"*Last decisions on {inline(approval.tool, 80)} for {inline(approval.identity, 80)}*"
+    if not history:
+        return {"type": "context", "block_id": "history", "elements": [_mrkdwn(f"{head}: none yet.")]}
+    lines = [head]
+    for d in history[:10]:
+        icon = _HISTORY_ICON.get(d.status, ":leftwards_arrow_with_hook:")
+        line = f"{icon} {escape(d.status)}"
+        if d.decided_by and not d.decided_by.startswith("("):
+            line += " by " + ", ".join(mention(v) for v in d.decided_by.split(",") if v)
+        if d.decided_at is not None:
+            line += " " + _date(d.decided_at, "{date_short} {time}", "%Y-%m-%d %H:%M")
+        if d.status == APPROVED:
+            line += f" · ran {escape(_cut(d.outcome, 80))}" if d.outcome else " · did not run"
+        elif d.reason:
+            line += ": " + escape(_cut(" ".join(d.reason.split()), 150))
+        lines.append(line)
+    return {
+        "type": "context",
+        "block_id": "history",
+        "elements": [_mrkdwn(_cut("\n".join(lines), CONTEXT_TEXT))],
+    }
+
+
+def changed_prompt(approval_id: str, message: str) -> dict[str, Any]:
+    """The ephemeral question after an approve click found the target changed: approve anyway?"""
+    text = ":warning: " + escape(_cut(message, SECTION_TEXT - 200))
+    return {
+        "text": _cut(f"{message}", MESSAGE_TEXT),
+        "blocks": [
+            _section(text, "changed"),
+            {
+                "type": "actions",
+                "block_id": "changed_decision",
+                "elements": [_button("Approve anyway", APPROVE_ANYWAY, approval_id, "danger")],
+            },
+            _context("Not approving? Do nothing, or deny on the request."),
+        ],
+    }
+
+
+def tool_change_message(upstream: str, tool: str, diff: str, action: str) -> dict[str, Any]:
+    """The announcement that an upstream changed a tool's definition, with the diff."""
+    lead = (
+        f"Upstream {inline(upstream)} now serves a different definition of {inline(tool)} than the one "
+        f"signoff pinned. {escape(action_text(action))}"
+    )
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": _plain_text(f":warning: Tool definition changed: {tool}", HEADER_TEXT)},
+        _section(lead, "lead"),
+    ]
+    chunks, cut = _code_chunks(diff or "(no visible difference)", SECTION_TEXT - 10, MESSAGE_BLOCKS - 5)
+    blocks += [_section(c) for c in chunks]
+    if cut:
+        blocks.append(
+            _context(":scissors: The diff is longer than a message; `signoff tools diff` shows it all.")
+        )
+    name = escape(_cut(" ".join(tool.split()), _INLINE)).replace("`", _GRAVE)
+    blocks.append(
+        _context(
+            f"Review: `signoff tools diff --config …` · accept: `signoff tools accept {name} --config …`"
+        )
+    )
+    text = f"Tool definition changed: {inline(tool)} on {inline(upstream)}"
+    return {"text": _cut(text, MESSAGE_TEXT), "blocks": blocks[:MESSAGE_BLOCKS]}
 
 
 # -- final states ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -39,6 +40,7 @@ from bot.slack_config import SlackConfig
 from proxy.approvals import ClickResult, already_decided
 from proxy.approvers import NOT_AN_APPROVER, Refused
 from proxy.edits import parse_edit
+from proxy.history import PastDecision, recent_decisions
 from proxy.pagerduty import PagerDutyError
 from proxy.store import PENDING, Approval, Grant, utcnow
 
@@ -233,7 +235,10 @@ class SlackChannel:
         """Post the request to the rule's channel (or the default); retried within the budget, else raise."""
         channel = approval.channel or self.config.channel
         on_call = await self._on_call(approval)
-        message = blocks.request_message(self._as_shown(approval), [], now=utcnow(), on_call=on_call)
+        history = await self._history(approval)
+        message = blocks.request_message(
+            self._as_shown(approval), [], now=utcnow(), on_call=on_call, history=history
+        )
         posted: asyncio.Future[tuple[str, str] | None] = asyncio.get_running_loop().create_future()
         self._forget_old_posts()
         self._posting[approval.id] = (time.monotonic(), posted)
@@ -263,7 +268,8 @@ class SlackChannel:
         shown, voters = self._as_shown(approval), [self._slack_name(v) for v in voters]
         if approval.status == PENDING:
             on_call = await self._on_call(approval)
-            message = blocks.request_message(shown, voters, now=utcnow(), on_call=on_call)
+            history = await self._history(approval)
+            message = blocks.request_message(shown, voters, now=utcnow(), on_call=on_call, history=history)
         else:
             grant = await self._grant_shown(approval)
             message = blocks.decided_message(shown, voters, grant, now=utcnow())
@@ -326,6 +332,28 @@ class SlackChannel:
                 "created_by": ",".join(self._slack_name(n) for n in grant.created_by.split(",") if n),
                 "revoked_by": self._slack_name(grant.revoked_by) if grant.revoked_by else None,
             }
+        )
+
+    async def _history(self, approval: Approval) -> list[PastDecision] | None:
+        """The caller's last decisions on the tool, deciders as Slack users; None if unreadable (the
+        request is posted anyway: history is context, not a condition)."""
+        try:
+            past = await recent_decisions(self.host.store, approval)
+        except Exception as e:
+            log.warning("approval %s: could not read its history: %s", approval.id, e)
+            return None
+        named = (",".join(self._slack_name(n) for n in (d.decided_by or "").split(",") if n) for d in past)
+        return [replace(d, decided_by=by or d.decided_by) for d, by in zip(past, named, strict=True)]
+
+    async def announce_tool_change(self, upstream: str, tool: str, diff: str, action: str) -> None:
+        """Post the change of a tool's definition, with its diff, to the default approval channel."""
+        message = blocks.tool_change_message(upstream, tool, diff, action)
+        await self._call(
+            "chat.postMessage",
+            lambda: self.client.chat_postMessage(
+                channel=self.config.channel, unfurl_links=False, unfurl_media=False, **message
+            ),
+            self.config.post_timeout,
         )
 
     def _slack_name(self, name: str) -> str:
@@ -422,6 +450,7 @@ class SlackChannel:
         self.app.action(blocks.DENY)(self._on_deny)
         self.app.action(blocks.DENY_WITH_REASON)(self._on_deny_with_reason)
         self.app.action(blocks.VIEW_ARGUMENTS)(self._on_view_arguments)
+        self.app.action(blocks.APPROVE_ANYWAY)(self._on_approve_anyway)
         self.app.view(blocks.DENY_REASON_VIEW)(self._on_deny_reason)
         self.app.action(re.compile(f"^{blocks.APPROVE_FOR}_\\d+$"))(self._on_approve_for)
         self.app.action(blocks.EDIT_APPROVE)(self._on_edit_approve)
@@ -436,6 +465,17 @@ class SlackChannel:
     async def _on_approve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         await self._click(body, str(action.get("value", "")), approve=True, reason=None)
+
+    async def _on_approve_anyway(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """ "Approve anyway" on the ephemeral question asked when the target changed since it was shown."""
+        await ack()
+        container = body.get("container") or {}
+        if container.get("is_ephemeral"):
+            # Only the clicker sees that message, and it is ours: the click is checked against the
+            # request's channel, not against the ephemeral message's own timestamp.
+            container = {k: v for k, v in container.items() if k != "message_ts"}
+            body = {**body, "container": container, "message": None}
+        await self._click(body, str(action.get("value", "")), approve=True, reason=None, confirm_changed=True)
 
     async def _on_deny(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -590,7 +630,10 @@ class SlackChannel:
             await self._tell(body, approval_id, blocks.escape(text))
             return
         log.info("approval %s: %s by %s -> %s (%s)", approval_id, verb, user, result.status, result.accepted)
-        if not result.accepted:
+        if result.changed is not None:
+            # The target changed since the request was shown: ask this person once more, privately.
+            await self._tell(body, approval_id, "", blocks.changed_prompt(approval_id, result.message))
+        elif not result.accepted:
             await self._tell(body, approval_id, await self._click_message(approval_id, result))
 
     async def _foreign(self, body: dict[str, Any], approval_id: str, user: str) -> str | None:
@@ -642,8 +685,11 @@ class SlackChannel:
             text = pattern.sub(lambda m: f"<@{ids[m.group(1)]}>", text)
         return text
 
-    async def _tell(self, body: dict[str, Any], approval_id: str, text: str) -> None:
-        """An ephemeral message to whoever clicked, in the channel of the request."""
+    async def _tell(
+        self, body: dict[str, Any], approval_id: str, text: str, message: dict[str, Any] | None = None
+    ) -> None:
+        """An ephemeral message to whoever clicked, in the channel of the request (`text`, or a
+        rendered `message` with blocks)."""
         user = str((body.get("user") or {}).get("id", ""))
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
         if not channel:  # a modal submission: the request's own channel
@@ -653,9 +699,10 @@ class SlackChannel:
             log.warning("approval %s: cannot tell %s: %s", approval_id, user or "?", text)
             return
         try:
+            content = message or {"text": text}
             await self._call(
                 "chat.postEphemeral",
-                lambda: self.client.chat_postEphemeral(channel=channel, user=user, text=text),
+                lambda: self.client.chat_postEphemeral(channel=channel, user=user, **content),
                 self.config.post_timeout,
             )
         except SlackUnavailable as e:

@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from proxy import channels
+from proxy import channels, tracing
 from proxy.approvals import AGENT_GONE, GATEWAY_STOPPED, Broker
 from proxy.approvers import ApproverDirectory
 from proxy.audit import AuditLog
@@ -24,15 +24,18 @@ from proxy.auth import BearerAuth, IdentityTable
 from proxy.bodylimit import ENVELOPE_BYTES, JsonBodyLimit
 from proxy.channels import ChannelHost, Fanout
 from proxy.config import Config, ConfigError
+from proxy.context import ContextProber
 from proxy.control import ControlServer
 from proxy.errors import StartupError
 from proxy.fastpath import LeanPath
 from proxy.gateway import Gateway
+from proxy.identity import Identity
 from proxy.metrics import Metrics
 from proxy.naming import Names
 from proxy.notify import PgListener
 from proxy.pagerduty import PagerDuty
 from proxy.people import People
+from proxy.pins import ToolPins
 from proxy.pipeline import Pipeline
 from proxy.policies import PolicySet
 from proxy.presence import Presence, WatchResponses
@@ -64,6 +67,7 @@ class App:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        tracing.setup()  # before the pipeline and the upstream links: both ask whether it is on
         self.instance = uuid.uuid4().hex
         self.replica = config.replica or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
@@ -95,6 +99,11 @@ class App:
         )
         self.admin_token = config.control.admin_token or self._shared_admin_token()
         self.channel = Fanout([WebChannel(self.page_url()), *self._plugin_channels(config)])
+        modes = {name: cfg.on_tool_change for name, cfg in config.upstreams.items()}
+        self.pins = ToolPins(self.store, self.names, modes, self.channel)
+        for up in self.upstreams.values():
+            up.on_catalog = self._check_catalog
+        prober = ContextProber(self.upstreams, self.names, self.audit, self.replica, self.pins.is_held)
         self.broker = Broker(
             self.store,
             self.channel,
@@ -105,6 +114,8 @@ class App:
             on_event=self.audit_event,
             pagerduty=self.pagerduty,
             page_url=self.page_url(),
+            prober=prober,
+            metrics=self.metrics,
         )
         limiter = DatabaseRateLimiter(self.store) if self.store.is_postgres else MemoryRateLimiter()
         self.listener = (
@@ -121,14 +132,17 @@ class App:
             replica=self.replica,
             max_argument_bytes=config.max_argument_bytes,
             audit_fail_closed=config.audit.fail_closed,
+            pins=self.pins,
         )
         self.presence = Presence(config.approvals.reconnect_grace)
         self.gateway = Gateway(
             self.upstreams,
             self.names,
             self.pipeline,
-            is_hidden=self.policies.is_hidden,
-            would_hold=self.policies.would_hold,
+            is_hidden=lambda upstream, tool: (
+                self.policies.is_hidden(upstream, tool) or self.pins.hides(upstream, tool)
+            ),
+            would_hold=self._would_hold,
             stdio_identity=self.identities.stdio,
             presence=self.presence,
         )
@@ -200,23 +214,24 @@ class App:
 
     def _plugin_channels(self, config: Config) -> list[Any]:
         """Every configured channel plugin (Slack, a webhook, …), each with its own validated section."""
-        host = ChannelHost(
-            decide=lambda *a, **k: self.broker.decide(*a, **k),
-            directory=self.directory,
-            people=self.people,
-            control_app=self.control.app,
-            store=self.store,
-            metrics=self.metrics,
-            audit_event=self.audit_event,
-            page_url=self.page_url(),
-            revoke_grant=lambda *a: self.broker.revoke_grant(*a),
-            check_edit=lambda *a: self.broker.check_edit(*a),
-        )
         found = []
         for name, section in channels.configured(config.model_dump(include={"slack", "channels"})).items():
             model, errors = channels.validate(name, section)
             if model is None:
                 raise ConfigError(errors)
+            host = ChannelHost(
+                # Decisions made there are counted by channel (the metrics' `channel` label).
+                decide=lambda *a, via=name, **kw: self.broker.decide(*a, via=via, **kw),
+                directory=self.directory,
+                people=self.people,
+                control_app=self.control.app,
+                store=self.store,
+                metrics=self.metrics,
+                audit_event=self.audit_event,
+                page_url=self.page_url(),
+                revoke_grant=lambda *a: self.broker.revoke_grant(*a),
+                check_edit=lambda *a: self.broker.check_edit(*a),
+            )
             try:
                 found.append(channels.create(name, model, host))
             except Exception as e:
@@ -318,6 +333,7 @@ class App:
         await self.store.close()
         if self.pagerduty is not None:
             await self.pagerduty.close()
+        await tracing.shutdown()
 
     async def _housekeeping(self) -> None:
         """Heartbeat, sweep overdue/orphaned approvals, and (SQLite) poll for decisions made elsewhere."""
@@ -328,6 +344,8 @@ class App:
             try:
                 if self.store.is_sqlite:
                     await self.broker.poll_decisions()
+                if tick % 4 == 0:
+                    await self.pins.refresh()  # `signoff tools accept` writes the database only
                 if tick % 8 == 0:
                     await self.store.heartbeat(self.instance, self.replica, front=self.front)
                     if not self.control.serving and await self.control.try_start():
@@ -362,6 +380,22 @@ class App:
         for approval_id, held in list(self.broker.held.items()):
             if held.approval.session_id == down.id:
                 await self.broker.withdraw(approval_id, AGENT_GONE)
+
+    def _would_hold(self, identity: Identity, upstream: str, tool: str, arguments: dict[str, Any]) -> bool:
+        """Whether a call would wait for a human: by the policy, its annotations, or a changed definition."""
+        up = self.upstreams.get(upstream)
+        info = up.tools.get(tool) if up is not None else None
+        annotations = info.get("annotations") if info else None
+        if self.pins.needs_approval(upstream, tool) or (up is not None and not up.catalog_loaded):
+            return True  # (not yet listed: the pins cannot be checked, the SDK path waits for them)
+        return self.policies.would_hold(identity, upstream, tool, arguments, annotations)
+
+    async def _check_catalog(self, upstream: str, tools: dict[str, dict[str, Any]]) -> None:
+        """Every newly listed catalog is checked against the tool pins before it is used."""
+        try:
+            await self.pins.check(upstream, tools)
+        except Exception as e:  # the database is away: keep what is held back, check again next time
+            log.warning("could not check the tools of %s against their pins: %s", upstream, e)
 
     def _policy_changed(self) -> None:
         self.gateway._background(self.gateway.notify_tools_changed())
@@ -438,7 +472,9 @@ class App:
             body_limit=body_limit,
             loopback=listen.host in ("127.0.0.1", "localhost", "::1"),
         )
-        return BearerAuth(self.lean, self.identities)
+        front = BearerAuth(self.lean, self.identities)
+        # A client's `traceparent` header parents the request's spans (only when traces are exported).
+        return tracing.TraceContext(front) if tracing.enabled() else front
 
     def bind_http(self) -> socket.socket:
         """Open the agent-facing socket now, so a taken port fails at start with a clear message."""

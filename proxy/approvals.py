@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from apscheduler.jobstores.base import JobLookupError
@@ -27,6 +27,7 @@ from proxy import edits, grants
 from proxy.approvers import Allowed, Refused
 from proxy.calls import ToolCall
 from proxy.channels import ApprovalChannel
+from proxy.context import after_click, ask_again, context_json, same_state
 from proxy.escalation import Escalation
 from proxy.pagerduty import PagerDuty
 from proxy.people import Person
@@ -44,6 +45,10 @@ from proxy.store import (
     Store,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from proxy.context import ContextProber
+    from proxy.metrics import Metrics
 
 log = logging.getLogger("signoff.approvals")
 
@@ -81,6 +86,9 @@ class ClickResult:
     message: str
     refused: bool = False  # the clicker may not decide this request (audited)
     invalid: bool = False  # the decision itself cannot be made as asked (a duration not offered, a bad edit)
+    # The target's live state changed since the request was shown: approving needs a second yes
+    # (`confirm_changed`); this is the stored context as the API shows it (proxy.context.context_json).
+    changed: dict[str, Any] | None = None
 
 
 def arguments_hash(arguments: Any) -> str:
@@ -129,6 +137,8 @@ class Broker:
         on_event: Callable[..., None] | None = None,
         pagerduty: PagerDuty | None = None,
         page_url: str = "",
+        prober: ContextProber | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.channel = channel
@@ -149,6 +159,8 @@ class Broker:
         self._poll_since = utcnow()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.escalation = Escalation(store, channel, pagerduty, page_url, self.scheduler, self._background)
+        self.prober = prober  # reads the target's live state for the request (policy `approval.context`)
+        self.metrics = metrics
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -186,9 +198,11 @@ class Broker:
         The row and the waiter exist before anything is posted, so even an instant click finds them.
         """
         spec = decision.approval or ApprovalSpec(None, None, 600.0, 1, "hold", False)
+        approval_id = "apr_" + secrets.token_hex(8)
+        context = await self._probe(call, spec, approval_id)
         now = utcnow()
         approval = Approval(
-            id="apr_" + secrets.token_hex(8),
+            id=approval_id,
             mode=spec.mode,
             identity=call.identity.name,
             acts_for=call.identity.on_behalf_of,
@@ -215,6 +229,7 @@ class Broker:
             input_schema=(call.tool_info or {}).get("inputSchema"),
             identity_groups=sorted(call.identity.groups),
             grant_offer=grants.offer_of(spec.grant, call.arguments) if spec.grant else None,
+            context=context,
         )
         _plan_escalation(approval, spec)
         await self.store.add_approval(approval)
@@ -297,11 +312,15 @@ class Broker:
         *,
         grant_for: float | str | None = None,
         arguments: dict[str, Any] | None = None,
+        confirm_changed: bool = False,
+        via: str = "web",
     ) -> ClickResult:
         """An authenticated person's decision. The first valid one wins; everything else changes nothing.
 
         Approving may also grant a while (`grant_for`, one of the durations the rule offers) or run
         the call with `arguments` the person edited; an edit the schema or policy refuses decides nothing.
+        An approval whose target's live state changed since it was shown is not taken until the person
+        confirms (`confirm_changed`). `via` says where it was made (web, slack, …), for the metrics.
         """
         user = person.name
         approval = await self.store.approval(approval_id)
@@ -326,6 +345,10 @@ class Broker:
             if isinstance(prepared, ClickResult):
                 return prepared
             seconds, edit = prepared
+        if approve:
+            ask = await self._recheck_context(approval, confirm_changed)
+            if ask is not None:
+                return ask
         now = utcnow()
         voters = [user]
         # We hold the call ourselves: approve and claim it in one statement, so the call is dispatched
@@ -355,6 +378,7 @@ class Broker:
                 return ClickResult(True, PENDING, f"{what} recorded: {count} of {approval.quorum}.")
             grant = await self._granted(won, won.decided_by or user)
             await self._finished(won, voters)
+            self._observe(won, via)
             return ClickResult(True, APPROVED, _approved_message(won, grant))
         if approve and (seconds is not None or edit):
             won = await self._approve_with(approval, user, now, final, seconds, edit)
@@ -374,6 +398,7 @@ class Broker:
             return ClickResult(False, current.status, already_decided(current))
         grant = await self._granted(won, user) if approve else None
         await self._finished(won, voters if approve else [])
+        self._observe(won, via)
         message = _approved_message(won, grant) if approve else "Denied."
         return ClickResult(True, APPROVED if approve else DENIED, message)
 
@@ -515,6 +540,7 @@ class Broker:
         )
         if row is not None:
             await self._finished(row)
+            self._observe(row, "timeout")
 
     async def withdraw(self, approval_id: str, reason: str) -> None:
         """The caller went away: nothing will run, even if someone approves later."""
@@ -529,6 +555,7 @@ class Broker:
         )
         if row is not None:
             await self._finished(row)
+            self._observe(row, "agent")
 
     async def withdraw_held(self, reason: str) -> None:
         """Withdraw every call this process holds (it stops serving them)."""
@@ -624,6 +651,40 @@ class Broker:
         with contextlib.suppress(JobLookupError):
             self.scheduler.remove_job(approval_id)
         self.escalation.unschedule(approval_id)
+
+    # -- context and metrics (proxy.context, proxy.metrics) ----------------------------------------
+
+    async def _probe(self, call: ToolCall, spec: ApprovalSpec, approval_id: str) -> dict[str, Any] | None:
+        """The target's live state for a new request (a failed or slow probe says why; never raises)."""
+        if self.prober is None or spec.context is None:
+            return None
+        return await self.prober.probe(call.upstream, spec.context, call.arguments, approval_id)
+
+    async def _recheck_context(self, approval: Approval, confirmed: bool) -> ClickResult | None:
+        """Read the target again at an approve click; ask once more if what was shown has changed."""
+        if self.prober is None or not approval.context:
+            return None
+        stored = approval.context
+        fresh = await self.prober.reprobe(approval)
+        if fresh is not None and not same_state(stored, fresh):
+            updated = after_click(stored, fresh)
+            await self.store.set_fields(approval.id, context=updated)
+            shown = approval.model_copy(update={"context": updated})
+            await self._update_channel(
+                shown, await self.store.voters(approval.id) if approval.quorum > 1 else []
+            )
+            return ClickResult(False, PENDING, ask_again(updated), changed=context_json(updated))
+        if stored.get("was") is not None and not confirmed:
+            return ClickResult(False, PENDING, ask_again(stored), changed=context_json(stored))
+        return None
+
+    def _observe(self, row: Approval, via: str) -> None:
+        """Count a final decision and how long it took (Prometheus)."""
+        if self.metrics is None:
+            return
+        outcome = APPROVED if row.status == EXECUTED else row.status
+        took = (row.decided_at - row.created_at).total_seconds() if row.decided_at else 0.0
+        self.metrics.observe_decision(outcome, via, max(0.0, took))
 
     def _event(self, event: str, approval: Approval, user: str, detail: str | None, **columns: Any) -> None:
         if self.on_event is not None:

@@ -61,12 +61,16 @@ class ApprovalChannel(Protocol):
         """Nobody decided in time: re-post the request where its `escalate_to` says (or just note it)."""
         ...
 
+    # Optional (proxy.pins calls it where a channel has it):
+    # async def announce_tool_change(self, upstream: str, tool: str, diff: str, action: str) -> None:
+    #     """Tell the approvers an upstream changed a tool's definition (`diff`) and what signoff does."""
+
 
 @dataclass
 class ChannelHost:
     """What an approval-channel plugin gets from the gateway."""
 
-    # (approval id, approve, person, reason, *, grant_for=None, arguments=None)
+    # (approval id, approve, person, reason, *, grant_for=None, arguments=None, confirm_changed=False)
     decide: Callable[..., Awaitable[ClickResult]]
     directory: ApproverDirectory
     people: People
@@ -171,6 +175,16 @@ class Fanout:
 
     async def escalate(self, approval: Approval) -> None:
         await self._each("escalate", lambda c: c.escalate(approval))
+
+    async def announce_tool_change(self, upstream: str, tool: str, diff: str, action: str) -> None:
+        """A changed tool definition, announced in every channel that announces such things."""
+        for channel in self.channels:
+            announce = getattr(channel, "announce_tool_change", None)
+            if announce is not None:
+                try:
+                    await announce(upstream, tool, diff, action)
+                except Exception as e:
+                    log.warning("announce_tool_change on %s failed: %s", type(channel).__name__, e)
 
     async def _each(self, what: str, call: Callable[[ApprovalChannel], Awaitable[None]]) -> None:
         # After the post, one channel failing must not keep the others from hearing of the change.

@@ -143,6 +143,27 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def cmd_tools(args: argparse.Namespace) -> int:
     from proxy.naming import Names
 
+    words = list(args.words)
+    action = words.pop(0) if words and words[0] in ("list", "diff", "accept") else "list"
+    tool = None
+    if action == "accept":
+        if not words:
+            print(
+                "signoff tools accept: give the tool (as agents see it), e.g. `signoff tools accept "
+                "runpod.cancel-job --config signoff.yaml`",
+                file=sys.stderr,
+            )
+            return 2
+        tool = words.pop(0)
+    if len(words) > 1:
+        print(f"signoff tools: unexpected {' '.join(words[1:])}", file=sys.stderr)
+        return 2
+    args.config_file = words[0] if words else None
+    if action == "diff":
+        return cmd_tools_diff(args)
+    if action == "accept":
+        assert tool is not None
+        return cmd_tools_accept(args, tool)
     config = _load(_config_arg(args))
     names = Names(list(config.upstreams), config.tool_separator, config.prefixed)
     listing = asyncio.run(fetch_tools(config))
@@ -171,6 +192,83 @@ def cmd_tools(args: argparse.Namespace) -> int:
             )
         )
     return 1 if failed else 0
+
+
+def _pins_store(config: Config) -> Any:
+    from proxy.store import Store
+
+    return Store(config.database_url)
+
+
+def cmd_tools_diff(args: argparse.Namespace) -> int:
+    """Print every tool whose upstream now serves a definition that differs from its pin."""
+    from proxy.naming import Names
+    from proxy.pins import changed_tools, diff_text
+
+    config = _load(_config_arg(args))
+    names = Names(list(config.upstreams), config.tool_separator, config.prefixed)
+
+    async def query() -> list[Any]:
+        store = _pins_store(config)
+        try:
+            await store.open()
+            return await changed_tools(store)
+        finally:
+            await store.close()
+
+    changed = asyncio.run(query())
+    if not changed:
+        print("No tool definition has changed since it was pinned.")
+        return 0
+    for pin in changed:
+        public = names.public(pin.upstream, pin.tool)
+        seen = pin.pending_at.strftime("%Y-%m-%d %H:%M:%S UTC") if pin.pending_at else "?"
+        print(f"{public}: changed (seen {seen}); pinned {pin.pinned_at:%Y-%m-%d %H:%M:%S} by {pin.pinned_by}")
+        print(_visible(diff_text(pin.definition, pin.pending or {}, public)))
+        print(f"  accept with: signoff tools accept {public} --config {_config_arg(args)}\n")
+    return 0
+
+
+def cmd_tools_accept(args: argparse.Namespace, tool: str) -> int:
+    """Pin the changed definition of `tool`: gateways serve it normally again."""
+    import getpass
+
+    from proxy.naming import Names
+    from proxy.pins import diff_text
+
+    config = _load(_config_arg(args))
+    names = Names(list(config.upstreams), config.tool_separator, config.prefixed)
+    resolved = names.resolve(tool)
+    if resolved is None or resolved[0] not in config.upstreams:
+        print(f"signoff: no upstream owns {tool!r}", file=sys.stderr)
+        return 2
+    upstream, own = resolved
+
+    async def accept() -> tuple[Any, Any]:
+        store = _pins_store(config)
+        try:
+            await store.open()
+            pin = next((p for p in await store.tool_pins(upstream) if p.tool == own), None)
+            if pin is None or pin.pending_digest is None:
+                return pin, None
+            by = f"{getpass.getuser()} (signoff tools accept)"
+            return pin, await store.accept_tool_change(upstream, own, by, pin.pending_digest)
+        finally:
+            await store.close()
+
+    before, accepted = asyncio.run(accept())
+    if before is None:
+        print(f"signoff: {tool} has never been seen by a gateway on this database", file=sys.stderr)
+        return 1
+    if accepted is None:
+        print(
+            f"signoff: {tool} has no changed definition waiting (`signoff tools diff` lists them)",
+            file=sys.stderr,
+        )
+        return 1
+    print(_visible(diff_text(before.definition, accepted.definition, tool)))
+    print(f"Accepted: {tool} is pinned to this definition; gateways serve it normally again within seconds.")
+    return 0
 
 
 def _describe(decision: Any) -> str:
@@ -233,7 +331,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if policies.is_hidden(upstream, tool["name"]):
             rows.append([names.public(upstream, tool["name"]), _risk(tool), "hidden", "(hidden)"])
             continue
-        verdict = policies.decide(identity, upstream, tool["name"], {})
+        verdict = policies.decide(identity, upstream, tool["name"], {}, tool.get("annotations") or {})
         shadow = "" if verdict.enforced else " [shadow: not enforced]"
         rows.append(
             [
@@ -435,6 +533,13 @@ def _show(a: dict[str, Any]) -> str:
         lines.append(
             f"  decided by {a.get('decidedBy') or '-'}" + (f": {a['reason']}" if a.get("reason") else "")
         )
+    context = a.get("context")
+    if context:
+        lines.append(f"  state      {_visible(str(context.get('summary')))}")
+        if context.get("changed"):
+            lines.append(f"  CHANGED    since the request was shown: {_visible(context['changed'])}")
+    for i, d in enumerate(a.get("history") or []):
+        lines.append(("  history    " if i == 0 else "             ") + _past(d))
     lines.append(f"  sha256     {a.get('argumentsHash', '')}")
     lines.append("  arguments (exactly what will run; secrets shown as \u2039kind, length\u203a):")
     pretty = _visible(json.dumps(a["arguments"], indent=2, ensure_ascii=False))
@@ -462,6 +567,18 @@ def _show_grant_and_edit(a: dict[str, Any]) -> list[str]:
         pretty = _visible(json.dumps(edited["arguments"], indent=2, ensure_ascii=False))
         lines += ["    " + line for line in pretty.splitlines()]
     return lines
+
+
+def _past(d: dict[str, Any]) -> str:
+    """One earlier decision of the history, as the API gives it."""
+    text = f"{(d.get('decidedAt') or '-')[:16].replace('T', ' ')} {d['status']}"
+    if d.get("decidedBy") and not str(d["decidedBy"]).startswith("("):
+        text += f" by {d['decidedBy']}"
+    if d["status"] == "approved":
+        text += f", ran {d['outcome']}" if d.get("outcome") else ", did not run"
+    elif d.get("reason"):
+        text += f": {d['reason']}"
+    return _visible(text)
 
 
 # Characters a terminal would not show, or would use to reorder what is shown (bidi overrides).
@@ -534,10 +651,14 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     elif args.grant_for or args.arguments:
         print("signoff: --for and --arguments go with approve", file=sys.stderr)
         return 2
+    if args.confirm_changed:
+        decision["confirmChanged"] = True
     status, body = _call(
         base, _deciding_token(), f"/api/approvals/{urllib.parse.quote(args.id)}/decide", decision
     )
     message = body.get("message") or body.get("error") or str(status)
+    if body.get("contextChanged"):
+        message += " (to approve anyway: add --confirm-changed)"
     print(f"{message} (as {body['by']})" if body.get("by") and status == 200 else message)
     return 0 if status == 200 else 1
 
@@ -656,10 +777,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 when a policy names a tool no upstream has")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("tools", help="list upstream tools with their risk class")
-    _add_config(p)
+    p = sub.add_parser(
+        "tools",
+        help="list upstream tools with their risk class; diff / accept changed tool definitions",
+        description="`signoff tools [list] --config F` lists the upstreams' tools. A tool whose upstream "
+        "changed its definition since signoff pinned it is held back: `signoff tools diff --config F` shows "
+        "the changes, `signoff tools accept TOOL --config F` pins the new definition.",
+    )
+    p.add_argument("words", nargs="*", metavar="[list | diff | accept TOOL]", help=argparse.SUPPRESS)
+    p.add_argument("--config", "-c", dest="config", help="the YAML (or JSON) config file")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_tools)
+    p.set_defaults(func=cmd_tools, config_required=True)
 
     p = sub.add_parser("init", help="write a starting policy from the upstreams' tools")
     _add_config(p)
@@ -690,6 +818,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", dest="config", required=True, help="the gateway's config file")
     p.add_argument("--as", dest="user", help=argparse.SUPPRESS)  # gone; refused with an explanation
     p.add_argument("--reason")
+    p.add_argument(
+        "--confirm-changed",
+        action="store_true",
+        help="approve even though the target's live state changed since the request was shown",
+    )
     p.add_argument("--status", default="pending", help="list: pending (default), all, approved, denied, …")
     p.add_argument("--json", action="store_true")
     p.add_argument(

@@ -58,6 +58,9 @@ class UpstreamConfig(_Model):
     # "auto": a client session that can receive server->client requests (sampling, elicitation,
     # roots) gets its own upstream connection so those requests reach the client that caused them.
     sessions: Literal["auto", "shared", "per_client"] = "auto"
+    # A tool whose definition changed since signoff pinned it (proxy.pins), until an admin accepts it:
+    # hidden from agents, or every call needs approval.
+    on_tool_change: Literal["hide", "require_approval"] = "require_approval"
 
     @model_validator(mode="after")
     def _one_transport(self) -> UpstreamConfig:

@@ -198,8 +198,7 @@ class Gateway:
             result = await self._request(down, up, "tools/list", {"cursor": cursor} if cursor else None)
             tools = result.get("tools", [])
             if not cursor and not result.get("nextCursor"):
-                up.tools = {t["name"]: t for t in tools}
-                up.catalog_loaded = True
+                await up.adopt_catalog({t["name"]: t for t in tools})
             result["tools"] = [t for t in tools if not self.is_hidden(up.name, t["name"])]
             return result
         tools: list[dict[str, Any]] = []

@@ -18,7 +18,7 @@ from typing import Any
 from proxy.config import Config, ConfigError, read_document
 from proxy.identity import Identity
 from proxy.naming import Names
-from proxy.policy import CompiledPolicy, Decision, PolicyError, compile_policy, matches_any
+from proxy.policy import ApprovalSpec, CompiledPolicy, Decision, PolicyError, compile_policy, matches_any
 
 log = logging.getLogger("signoff.policy")
 
@@ -106,15 +106,28 @@ class PolicySet:
             policy.is_hidden(name) for name in self._candidates(upstream, tool, own)
         )
 
-    def decide(self, identity: Identity, upstream: str, tool: str, arguments: dict[str, Any]) -> Verdict:
-        """Evaluate a call of `tool` (the upstream's own name) on `upstream`."""
+    def decide(
+        self,
+        identity: Identity,
+        upstream: str,
+        tool: str,
+        arguments: dict[str, Any],
+        annotations: Mapping[str, Any] | None = None,
+    ) -> Verdict:
+        """Evaluate a call of `tool` (the upstream's own name) on `upstream`, given its MCP annotations."""
         policy, own = self._policy_for(upstream)
         names = self._candidates(upstream, tool, own)
         decision = policy.decide(identity, names[0], arguments)
         if len(names) > 1 and decision.rule.startswith("(") and decision.action != "hidden":
             # Nothing named the public form: let a rule naming the upstream's own name decide.
             decision = policy.decide(identity, names[1], arguments)
+        if annotations is not None and not any(policy.names(name) for name in names):
+            decision = policy.for_annotations(decision, annotations)
         return Verdict(decision, policy.revision, policy.mode != "shadow")
+
+    def approval_defaults(self, upstream: str) -> ApprovalSpec:
+        """The approval defaults of the policy for `upstream` (for approvals no rule asked for)."""
+        return self._policy_for(upstream)[0].approval_defaults()
 
     def unmatched(self, tools: Mapping[str, Sequence[str]]) -> list[str]:
         """Tool patterns that match no listed tool (a typo leaves the tool it meant ungoverned).
@@ -139,9 +152,16 @@ class PolicySet:
                 )
         return problems
 
-    def would_hold(self, identity: Identity, upstream: str, tool: str, arguments: dict[str, Any]) -> bool:
+    def would_hold(
+        self,
+        identity: Identity,
+        upstream: str,
+        tool: str,
+        arguments: dict[str, Any],
+        annotations: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Whether a call would wait for a human (an enforced `require_approval`)."""
-        verdict = self.decide(identity, upstream, tool, arguments)
+        verdict = self.decide(identity, upstream, tool, arguments, annotations)
         return verdict.enforced and verdict.decision.action == "require_approval"
 
     def revision(self, upstream: str) -> str:

@@ -22,6 +22,17 @@ Native format (YAML or JSON; unknown keys are errors so typos never pass silentl
                    escalate_after: 5m, escalate_to: {channel: C0ESCALATE, usergroup: S0LEADS},
                    grant: {max: 1h, same: [endpoint_id], offer: [30m, 1h]}}   # approve for a while
         rate_limit: {max: 10, window: 1m, per: identity}   # per: identity | session | global
+    annotated_destructive: require_approval   # require_approval | default (see below)
+
+An approval may name a context probe: a read tool of the same upstream that signoff runs itself
+before posting the request (and again at the click), showing the chosen fields to the approvers::
+
+        approval:
+          context: {tool: get-job, arguments: {job_id: "{job_id}"}, show: [status, submitted_at]}
+
+``{name}`` in an argument is the call's argument ``name`` (a path such as ``{$.spec.id}`` reaches
+nested values; a string that is exactly one placeholder keeps the value's type). ``show`` names
+fields of the probe's result (paths too): its structured content, or the JSON in its text.
 
 Semantics:
 
@@ -38,6 +49,10 @@ Semantics:
 * ``approval.grant`` lets approvers "approve for a while": each duration in ``offer`` (default ``[max]``,
   none longer than ``max``) becomes a button; later calls by the same identity to the same tool whose
   ``same`` argument paths hold the same values then run without asking until the grant ends.
+* ``annotated_destructive: require_approval`` (the default): a call of a tool the upstream annotates
+  ``destructiveHint: true`` that no rule names (a pattern other than ``*``) needs approval (rule
+  ``(annotated destructive)``) where ``default`` would allow it. ``default`` leaves such tools to
+  ``default``. Annotations are the upstream's word, so this only ever asks for more care.
 
 Conditions: ``path`` points into the call's arguments: ``a.b[0].c``, ``$.a.b`` and PolicyLayer's
 ``args.a.b`` (write ``$.args.x`` for an argument literally named "args"); ``["a.b"]`` quotes a key.
@@ -58,7 +73,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -117,6 +132,17 @@ class GrantSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ContextProbe:
+    """A read tool signoff runs itself to show approvers the live state of the call's target."""
+
+    tool: str  # the upstream's own name of a read tool on the call's upstream
+    arguments: dict[str, Any] = field(default_factory=dict, hash=False)  # `{name}` placeholders
+    show: tuple[str, ...] = ()  # paths into the result
+    label: str | None = None  # what the state is of ("{job_id}"); default: the filled arguments
+    timeout: float = 2.5
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalSpec:
     """Who must approve, where, how long the call may wait, and when nobody deciding pages someone."""
 
@@ -129,6 +155,7 @@ class ApprovalSpec:
     escalate_after: float | None = None
     escalate_to: EscalateTo | None = None
     grant: GrantSpec | None = None  # None: approvers can only approve the one call
+    context: ContextProbe | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +306,11 @@ class PolicySpec:
     rules: tuple[RuleSpec, ...]
     default_reason: str | None = None
     default_approval: ApprovalSpec | None = None
+    # PolicyLayer's formats keep their own meaning ("default"); the native format defaults to asking.
+    annotated_destructive: Literal["require_approval", "default"] = "default"
+    approval_defaults: ApprovalSpec | None = (
+        None  # what gateway-made approvals ask for (None: DEFAULT_APPROVAL)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -353,6 +385,58 @@ class GrantModel(_Model):
         return GrantSpec(max=self.max, same=tuple(self.same), offer=tuple(offer))
 
 
+MAX_PROBE_TIMEOUT = 10.0
+
+
+class ContextModel(_Model):
+    tool: NonEmptyStr
+    arguments: dict[str, Any] = {}
+    show: NameList
+    label: str | None = None
+    timeout: Duration = 2.5
+
+    @field_validator("show")
+    @classmethod
+    def _check_paths(cls, show: list[str]) -> list[str]:
+        for path in show:
+            parse_path(path)
+        return show
+
+    @field_validator("arguments")
+    @classmethod
+    def _check_arguments(cls, arguments: dict[str, Any]) -> dict[str, Any]:
+        if not _is_json_like(arguments):
+            raise ValueError("must hold only JSON values")
+        for text in _strings(arguments):
+            for placeholder in PLACEHOLDER.findall(text):
+                parse_path(placeholder)
+        return arguments
+
+    @field_validator("timeout")
+    @classmethod
+    def _short(cls, timeout: float) -> float:
+        if not 0 < timeout <= MAX_PROBE_TIMEOUT:
+            raise ValueError(f"must be more than 0 and at most {MAX_PROBE_TIMEOUT:g}s (the request waits)")
+        return timeout
+
+    def spec(self) -> ContextProbe:
+        return ContextProbe(self.tool, dict(self.arguments), tuple(self.show), self.label, self.timeout)
+
+
+# `{job_id}` or `{$.spec.id}` in a probe's arguments: a value taken from the call's arguments.
+PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 class ApprovalModel(_Model):
     approvers: NonEmptyStr | None = None
     channel: NonEmptyStr | None = None
@@ -363,6 +447,7 @@ class ApprovalModel(_Model):
     escalate_after: Duration | None = None
     escalate_to: EscalateToModel | None = None
     grant: GrantModel | None = None
+    context: ContextModel | None = None
 
 
 class ApprovalDefaultsModel(_Model):
@@ -417,6 +502,7 @@ class PolicyModel(_Model):
     default: Literal["allow", "deny", "require_approval"] = "deny"
     hide: GlobList = []
     approval_defaults: ApprovalDefaultsModel = ApprovalDefaultsModel()
+    annotated_destructive: Literal["require_approval", "default"] = "require_approval"
     rules: list[RuleModel] = []
 
 
@@ -428,6 +514,7 @@ _KNOWN_FIELDS = sorted(
             ApprovalModel,
             EscalateToModel,
             GrantModel,
+            ContextModel,
             RateLimitModel,
             RuleModel,
             PolicyModel,
@@ -459,7 +546,7 @@ def _format_pydantic_error(err: Mapping[str, Any]) -> str:
         message = "must be one of " + str(ctx.get("expected", "")).replace("'", "")
     elif kind == "extra_forbidden":
         field = str(err["loc"][-1]) if err["loc"] else ""
-        close = difflib.get_close_matches(field, _KNOWN_FIELDS, n=1)
+        close = difflib.get_close_matches(field, [f for f in _KNOWN_FIELDS if f != field], n=1)
         message = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
     elif kind == "greater_than_equal":
         message = f"must be at least {ctx.get('ge')}"
@@ -532,9 +619,12 @@ def native_spec(data: Mapping[str, Any]) -> PolicySpec:
         if rule.action == "require_approval":
             overrides: dict[str, Any] = {}
             if rule.approval is not None:
-                overrides = _spec_fields(rule.approval.model_dump(exclude_none=True, exclude={"grant"}))
+                dumped = rule.approval.model_dump(exclude_none=True, exclude={"grant", "context"})
+                overrides = _spec_fields(dumped)
                 if rule.approval.grant is not None:
                     overrides["grant"] = rule.approval.grant.spec()
+                if rule.approval.context is not None:
+                    overrides["context"] = rule.approval.context.spec()
             approval = replace(defaults, **overrides)
             errors += _escalation_errors(approval, f"rules.{index}.approval")
         limit = None
@@ -573,6 +663,8 @@ def native_spec(data: Mapping[str, Any]) -> PolicySpec:
         hide=tuple(model.hide),
         rules=tuple(rules),
         default_approval=defaults if model.default == "require_approval" else None,
+        annotated_destructive=model.annotated_destructive,
+        approval_defaults=defaults,
     )
 
 
@@ -582,6 +674,7 @@ def native_spec(data: Mapping[str, Any]) -> PolicySpec:
 _MISSING = object()
 _EMPTY: Mapping[str, Any] = {}
 _HIDDEN = Decision(action="hidden", rule="(hidden)")
+ANNOTATED_DESTRUCTIVE = "(annotated destructive)"
 _TOOL_CACHE_LIMIT = 4096  # tool names are normally a small set; the bound stops a hostile client
 
 
@@ -687,6 +780,10 @@ class _ToolMatcher:
             return True
         return self.regex is not None and self.regex.match(tool) is not None
 
+    def names(self, tool: str) -> bool:
+        """Whether a pattern other than the catch-all `*` matches `tool`."""
+        return tool in self.exact or (self.regex is not None and self.regex.match(tool) is not None)
+
 
 class _Rule:
     __slots__ = ("decision", "groups", "identities", "is_limit", "limit", "scoped", "tools", "unless", "when")
@@ -720,12 +817,12 @@ class _Rule:
 
 
 def _approval_doc(spec: ApprovalSpec | None) -> dict[str, Any] | None:
-    """An approval's meaning for the revision; unused escalation and grant keys left out so that
-    policies written before those existed keep their revision."""
+    """An approval's meaning for the revision; unused escalation, grant and context keys left out so
+    that policies written before those existed keep their revision."""
     if spec is None:
         return None
     doc = asdict(spec)
-    for key in ("escalate_after", "escalate_to", "grant"):
+    for key in ("escalate_after", "escalate_to", "grant", "context"):
         if doc[key] is None:
             del doc[key]
     return doc
@@ -759,6 +856,9 @@ def _canonical(spec: PolicySpec) -> str:
         "hide": sorted(set(spec.hide)),
         "rules": rules,
     }
+    # Only when not its format's default, so policies written before the setting keep their revision.
+    if spec.annotated_destructive != ("require_approval" if spec.source_format == "signoff" else "default"):
+        document["annotated_destructive"] = spec.annotated_destructive
     return json.dumps(document, sort_keys=True, separators=(",", ":"), default=repr)
 
 
@@ -821,6 +921,38 @@ class CompiledPolicy:
             return decision
         return replace(decision, rate_limits=(*limits, *decision.rate_limits))
 
+    def names(self, tool: str) -> bool:
+        """Whether some rule names ``tool`` (by a pattern other than ``*``), deciding it or not."""
+        return any(
+            rule.tools.names(tool) for rule in self._entry(tool if type(tool) is str else str(tool))[1]
+        )
+
+    def for_annotations(self, decision: Decision, annotations: Mapping[str, Any] | None) -> Decision:
+        """The decision once the tool's MCP annotations are known: see ``annotated_destructive``.
+
+        For a tool no rule names (`names`): the caller checks that, as it knows the tool's names.
+        """
+        if (
+            self.spec.annotated_destructive != "require_approval"
+            or decision.rule != self.spec.default_rule
+            or decision.action != "allow"
+            or not isinstance(annotations, Mapping)
+            or annotations.get("destructiveHint") is not True
+            or annotations.get("readOnlyHint") is True  # the hint means nothing on a read-only tool
+        ):
+            return decision
+        return Decision(
+            action="require_approval",
+            rule=ANNOTATED_DESTRUCTIVE,
+            reason="The upstream annotates this tool as destructive and no rule of the policy names it.",
+            approval=self.approval_defaults(),
+            rate_limits=decision.rate_limits,
+        )
+
+    def approval_defaults(self) -> ApprovalSpec:
+        """The approval a decision the gateway makes (not a rule) asks for: the policy's defaults."""
+        return self.spec.approval_defaults or DEFAULT_APPROVAL
+
     def patterns(self) -> list[tuple[str, str]]:
         """(where, glob) for every tool pattern the policy names, for `signoff check` to test."""
         found = [("hide", glob) for glob in self.spec.hide]
@@ -832,6 +964,8 @@ class CompiledPolicy:
     def approver_groups(self) -> set[str]:
         """Approver group names the policy refers to, so the config can check they exist."""
         specs = [rule.approval for rule in self.spec.rules] + [self.spec.default_approval]
+        if self.spec.annotated_destructive == "require_approval":
+            specs.append(self.spec.approval_defaults)
         return {spec.approvers for spec in specs if spec is not None and spec.approvers}
 
 

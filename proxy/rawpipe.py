@@ -23,6 +23,9 @@ from typing import Any
 import orjson
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, METHOD_NOT_FOUND, REQUEST_TIMEOUT
+from opentelemetry import propagate
+
+from proxy import tracing
 
 log = logging.getLogger("signoff.upstream")
 
@@ -115,12 +118,14 @@ class RawStdio:
             raise MCPError(CONNECTION_CLOSED, "Connection closed")
         request_id = next(self._ids)
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-        if on_progress is not None:
-            params = {
-                **(params or {}),
-                "_meta": {**((params or {}).get("_meta") or {}), "progressToken": request_id},
-            }
-            self._progress[request_id] = on_progress
+        if on_progress is not None or tracing.enabled():
+            meta = {**((params or {}).get("_meta") or {})}
+            if on_progress is not None:
+                meta["progressToken"] = request_id
+                self._progress[request_id] = on_progress
+            # As the SDK's client does (SEP-414): the upstream's spans join the call's trace.
+            propagate.inject(meta)
+            params = {**(params or {}), "_meta": meta}
         if params is not None:
             message["params"] = params
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, case, delete, event, func, insert, inspect, text, update
+from sqlalchemy import JSON, Column, Index, case, delete, event, func, insert, inspect, or_, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -90,6 +91,8 @@ class Approval(SQLModel, table=True):
     edited_arguments: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     edited_hash: str | None = None
     edited_paths: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    # The context probe's answer about the target (proxy.context): what approvers were shown.
+    context: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Vote(SQLModel, table=True):
@@ -187,6 +190,22 @@ class WebSession(SQLModel, table=True):
     seen_at: datetime = Field(default_factory=utcnow, index=True)
 
 
+class ToolPin(SQLModel, table=True):
+    """An upstream tool's definition as first seen (or last accepted), and a change awaiting an admin."""
+
+    __tablename__ = "tool_pin"
+    upstream: str = Field(primary_key=True)
+    tool: str = Field(primary_key=True)  # the upstream's own name
+    definition: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    digest: str = ""
+    pinned_at: datetime = Field(default_factory=utcnow)
+    pinned_by: str = "(first seen)"
+    # The definition the upstream serves now, when it differs from the pinned one (not yet accepted).
+    pending: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    pending_digest: str | None = None
+    pending_at: datetime | None = None
+
+
 class SchemaVersion(SQLModel, table=True):
     """Which of `MIGRATIONS` this database has had."""
 
@@ -222,6 +241,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE audit ADD COLUMN edited_hash VARCHAR",
         ],
     ),
+    (4, ["ALTER TABLE approval ADD COLUMN context JSON"]),  # the context probe's answer (proxy.context)
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -570,6 +590,104 @@ class Store:
         async with self.sessions() as s:
             rows = await s.exec(select(Approval.id, Approval.expires_at).where(Approval.status == PENDING))
             return [(r[0], r[1]) for r in rows.all()]
+
+    async def recent_decisions(
+        self, identity: str, tool: str, *, exclude: str = "", limit: int = 5
+    ) -> list[Approval]:
+        """The latest decided requests of `identity` for `tool`, newest first (the request's history)."""
+        async with self.sessions() as s:
+            q = (
+                select(Approval)
+                .where(
+                    Approval.identity == identity,
+                    Approval.tool == tool,
+                    Approval.status != PENDING,
+                    Approval.id != exclude,
+                )
+                .order_by(col(Approval.created_at).desc())
+                .limit(limit)
+            )
+            return list((await s.exec(q)).all())
+
+    # -- tool pins ---------------------------------------------------------------------------
+
+    async def tool_pins(self, upstream: str | None = None) -> list[ToolPin]:
+        async with self.sessions() as s:
+            q = select(ToolPin).order_by(col(ToolPin.upstream), col(ToolPin.tool))
+            if upstream is not None:
+                q = q.where(ToolPin.upstream == upstream)
+            return list((await s.exec(q)).all())
+
+    async def add_tool_pins(self, pins: Sequence[ToolPin]) -> None:
+        """Pin tools seen for the first time; a pin another process wrote meanwhile stays as it is."""
+        if not pins:
+            return
+        async with self._writing(), self.sessions() as s:
+            for pin in pins:
+                exists = await s.get(ToolPin, (pin.upstream, pin.tool))
+                if exists is None:
+                    s.add(pin)
+            try:
+                await s.commit()
+            except IntegrityError:  # another replica pinned them first: theirs is the first sighting
+                await s.rollback()
+
+    async def note_tool_change(
+        self, upstream: str, tool: str, definition: dict[str, Any], digest: str
+    ) -> bool:
+        """Record that `tool` differs from its pin; True only for the first process to notice the change."""
+        async with self._writing(), self.sessions() as s:
+            result = await s.exec(
+                update(ToolPin)
+                .where(
+                    col(ToolPin.upstream) == upstream,
+                    col(ToolPin.tool) == tool,
+                    col(ToolPin.digest) != digest,
+                    or_(col(ToolPin.pending_digest).is_(None), col(ToolPin.pending_digest) != digest),
+                )
+                .values(pending=definition, pending_digest=digest, pending_at=utcnow())
+            )
+            await s.commit()
+            return bool(result.rowcount)
+
+    async def forget_tool_change(self, upstream: str, tool: str) -> None:
+        """The upstream serves the pinned definition again: nothing is waiting for an admin."""
+        async with self._writing(), self.sessions() as s:
+            await s.exec(
+                update(ToolPin)
+                .where(
+                    col(ToolPin.upstream) == upstream,
+                    col(ToolPin.tool) == tool,
+                    col(ToolPin.pending_digest).is_not(None),
+                )
+                .values(pending=None, pending_digest=None, pending_at=None)
+            )
+            await s.commit()
+
+    async def accept_tool_change(self, upstream: str, tool: str, by: str, digest: str) -> ToolPin | None:
+        """Pin the changed definition `digest`; None when that is not the change waiting for `tool`."""
+        async with self._writing(), self.sessions() as s:
+            result = await s.exec(
+                update(ToolPin)
+                .where(
+                    col(ToolPin.upstream) == upstream,
+                    col(ToolPin.tool) == tool,
+                    col(ToolPin.pending_digest) == digest,
+                )
+                .values(
+                    definition=col(ToolPin.pending),
+                    digest=col(ToolPin.pending_digest),
+                    pinned_at=utcnow(),
+                    pinned_by=by,
+                    pending=None,
+                    pending_digest=None,
+                    pending_at=None,
+                )
+                .returning(ToolPin)
+            )
+            row = result.scalars().first()
+            await s.commit()
+            return row
 
     # -- page sign-ins -----------------------------------------------------------------------
 

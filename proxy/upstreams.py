@@ -29,6 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
+from proxy import tracing
 from proxy.config import UpstreamConfig
 from proxy.rawpipe import RawStdio
 
@@ -75,6 +76,7 @@ class Link:
         self.server_capabilities: types.ServerCapabilities | None = None
         self.ready = asyncio.Event()
         self.reconnect = True  # False for a one-off probe (`signoff check`): the first failure is the answer
+        self.on_ready: Callable[[], None] | None = None  # called each time the link (re)connects
         self._session: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
@@ -173,6 +175,8 @@ class Link:
         self.state, self.last_error, self.retry_at = "up", None, None
         self.ready.set()
         log.info("upstream %s connected", self.name)
+        if self.on_ready is not None:
+            self.on_ready()
 
     def _client(self) -> Client:
         cfg = self.config
@@ -186,6 +190,7 @@ class Link:
             http = httpx2.AsyncClient(
                 headers=cfg.headers or None,
                 timeout=httpx2.Timeout(30.0, read=max(cfg.call_timeout, 300.0)),
+                event_hooks=tracing.http_event_hooks(),  # the `traceparent` header, when tracing is on
             )
             target = _OwnedHttpTransport(cfg.url, http)
         caps = self.hooks.capabilities
@@ -374,11 +379,30 @@ class Upstream:
     shared: Link = field(init=False)
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)  # own name -> raw Tool
     catalog_loaded: bool = False
+    # Sees every newly listed catalog before it is used (tool pinning: proxy.pins).
+    on_catalog: Callable[[str, dict[str, dict[str, Any]]], Awaitable[None]] | None = None
     _catalog_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _next_refresh: float = 0.0
+    _refreshing: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.shared = Link(self.name, self.config, LinkHooks(notify=self.notify), self.base_dir)
+        self.shared.on_ready = self._reconnected
+
+    def _reconnected(self) -> None:
+        """The shared link came back (the upstream restarted): its tools may have changed meanwhile."""
+        if self.shared.restarts == 0 or not self.catalog_loaded:
+            return
+        # The next call reloads the catalog before it runs; meanwhile a background reload notices a
+        # change (and holds the tool back) even if no call comes.
+        self.catalog_loaded = False
+        task = asyncio.get_running_loop().create_task(self._refresh_quietly())
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.refresh_tools()
 
     def wants_private_link(self, client_caps: frozenset[str]) -> bool:
         """Whether a client session with these capabilities gets its own connection."""
@@ -404,9 +428,15 @@ class Upstream:
                 cursor = result.get("nextCursor")
                 if not cursor:
                     break
-            self.tools = tools
-            self.catalog_loaded = True
+            await self.adopt_catalog(tools)
             return tools
+
+    async def adopt_catalog(self, tools: dict[str, dict[str, Any]]) -> None:
+        """Use `tools` as the catalog, once the catalog hook (tool pinning) has seen it."""
+        if self.on_catalog is not None:
+            await self.on_catalog(self.name, tools)
+        self.tools = tools
+        self.catalog_loaded = True
 
     def refresh_soon(self, run: Callable[[Any], None], every: float = 30.0) -> None:
         """Refresh the catalog in the background, at most once per `every` seconds."""

@@ -15,6 +15,9 @@ from aiohttp import web
 
 from proxy import grants
 from proxy.approvals import Broker, ClickResult
+from proxy.context import context_json
+from proxy.history import PastDecision, history_json, recent_decisions
+from proxy.pins import action_text
 from proxy.redact import display_mask
 from proxy.signin import SignIn
 from proxy.store import EXECUTED, PENDING, Approval, AuditRecord, Grant, Store, utcnow
@@ -54,9 +57,23 @@ class WebChannel:
     async def escalate(self, approval: Approval) -> None:
         log.warning("approval %s: still undecided; escalated — decide at %s", approval.id, self.page_url)
 
+    async def announce_tool_change(self, upstream: str, tool: str, diff: str, action: str) -> None:
+        log.warning(
+            "upstream %s changed the definition of %s. %s See `signoff tools diff`, then "
+            "`signoff tools accept %s`:\n%s",
+            upstream,
+            tool,
+            action_text(action),
+            tool,
+            diff,
+        )
 
-def approval_json(a: Approval, voters: list[str] | None = None) -> dict[str, Any]:
-    """The API's view of an approval: every argument as it will run, secrets masked where they stand."""
+
+def approval_json(
+    a: Approval, voters: list[str] | None = None, history: list[PastDecision] | None = None
+) -> dict[str, Any]:
+    """The API's view of an approval: every argument as it will run, secrets masked where they stand;
+    the target's live state (`context`) and, when given, the last decisions on the tool (`history`)."""
     left = max(0.0, (a.expires_at - utcnow()).total_seconds()) if a.status == PENDING else 0.0
     return {
         "id": a.id,
@@ -82,6 +99,8 @@ def approval_json(a: Approval, voters: list[str] | None = None) -> dict[str, Any
         "decidedBy": a.decided_by,
         "reason": a.decision_reason,
         "outcome": a.outcome,
+        "context": context_json(a.context),
+        "history": history_json(history) if history is not None else None,
         **_grant_and_edit_json(a),
     }
 
@@ -198,7 +217,16 @@ class ApprovalsApi:
             raise json_error(web.HTTPBadRequest, f"status must be one of {', '.join(_STATUSES)}")
         limit = _int(request.query.get("limit"), 100)
         rows = await self.store.approvals(None if status == "all" else status, limit=limit)
-        out = [approval_json(a, await self.store.voters(a.id) if a.quorum > 1 else None) for a in rows]
+        histories: dict[tuple[str, str], list[PastDecision]] = {}  # one query per caller and tool
+        out = []
+        for a in rows:
+            history = None
+            if a.status == PENDING:
+                key = (a.identity, a.tool)
+                if key not in histories:  # decided requests only, so the same for every pending one
+                    histories[key] = await recent_decisions(self.store, a)
+                history = histories[key]
+            out.append(approval_json(a, await self.store.voters(a.id) if a.quorum > 1 else None, history))
         return json_response({"approvals": out})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -206,7 +234,8 @@ class ApprovalsApi:
         a = await self.store.approval(request.match_info["id"])
         if a is None:
             raise json_error(web.HTTPNotFound, "no such approval")
-        return json_response(approval_json(a, await self.store.voters(a.id)))
+        history = await recent_decisions(self.store, a)
+        return json_response(approval_json(a, await self.store.voters(a.id), history))
 
     async def decide(self, request: web.Request) -> web.Response:
         person = await self.signin.decider(request)
@@ -231,6 +260,9 @@ class ApprovalsApi:
             raise json_error(web.HTTPBadRequest, "a denial needs a reason (it is shown to the agent)")
         if reason is not None and not isinstance(reason, str):
             raise json_error(web.HTTPBadRequest, "reason must be a string")
+        confirm_changed = body.get("confirmChanged", False)
+        if not isinstance(confirm_changed, bool):
+            raise json_error(web.HTTPBadRequest, "confirmChanged must be true or false")
         grant_for, arguments = _approve_extras(body, decision)
         result = await self.broker.decide(
             request.match_info["id"],
@@ -239,17 +271,19 @@ class ApprovalsApi:
             reason.strip() if reason else None,
             grant_for=grant_for,
             arguments=arguments,
+            confirm_changed=confirm_changed,
         )
         status = _http_status(result)
-        return json_response(
-            {
-                "accepted": result.accepted,
-                "status": result.status,
-                "message": result.message,
-                "by": person.name,
-            },
-            status=status,
-        )
+        answer = {
+            "accepted": result.accepted,
+            "status": result.status,
+            "message": result.message,
+            "by": person.name,
+        }
+        if result.changed is not None:
+            # 409: the target changed since the request was shown; approve again with confirmChanged.
+            answer["contextChanged"] = result.changed
+        return json_response(answer, status=status)
 
     async def list_grants(self, request: web.Request) -> web.Response:
         await self.signin.viewer(request)

@@ -141,13 +141,17 @@ def fetch_audit(control_url: str, token: str, limit: int = 50) -> list[dict[str,
 async def show_audit(control_url: str, token: str, since: datetime, calls: int) -> None:
     step(5, "The audit log: one record per call (GET /api/audit on the control port)")
     records: list[dict[str, Any]] = []
+    probes: list[dict[str, Any]] = []
     deadline = time.monotonic() + 5  # records are written in batches; give the last one a moment
     while time.monotonic() < deadline:
-        records = [
+        found = [
             r
             for r in await asyncio.to_thread(fetch_audit, control_url, token)
             if datetime.fromisoformat(r["at"]) >= since
         ]
+        # signoff's own reads of the job's state for the approvers are audited too, as "(signoff)".
+        records = [r for r in found if r["decision"] != "context_probe"]
+        probes = [r for r in found if r["decision"] == "context_probe"]
         if len(records) >= calls:
             break
         await asyncio.sleep(0.2)
@@ -159,6 +163,12 @@ async def show_audit(control_url: str, token: str, since: datetime, calls: int) 
         when = datetime.fromisoformat(r["at"]).astimezone().strftime("%H:%M:%S")
         rows.append([when, r["tool"], r["decision"], r["outcome"], r["approvers"] or "-", cut(r["rule"], 36)])
     table(rows)
+    for r in probes:
+        when = datetime.fromisoformat(r["at"]).astimezone().strftime("%H:%M:%S")
+        say(
+            f"     and signoff's own read of the job for the approvers: {r['tool']} at {when} "
+            f"(context_probe, {r['outcome']})"
+        )
 
 
 async def run_agent(mcp_url: str, control_url: str | None = None, token: str | None = None) -> str:

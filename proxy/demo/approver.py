@@ -46,6 +46,8 @@ async def auto_approve(
         for a in pending.get("approvals", []):
             first = seen.setdefault(a["id"], now)
             if now - first >= delay:
+                if a.get("context"):  # the job's live state, as signoff read it for the approvers
+                    say(f"     [auto-approve] {user} sees {a['context']['summary']}")
                 answer = await asyncio.to_thread(approve, control_url, person_token, a["id"])
                 say(
                     f"     [auto-approve] {user} approved {a['tool']} ({a['id']}){where}: "

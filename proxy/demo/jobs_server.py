@@ -1,7 +1,9 @@
 """A small "jobs" MCP server for the signoff demo, shaped like RunPod's serverless tools.
 
 Four tools over stdio, with no MCP annotations (RunPod's server ships none, so signoff falls back to
-classifying the tools by name): `list-jobs`, `get-job`, `cancel-job` and `delete-endpoint`.
+classifying the tools by name): `list-jobs`, `get-job`, `cancel-job` and `delete-endpoint`; and a
+fifth, `finish-job`, that plays a job's worker finishing it (the demo's policy hides it from agents;
+tests use it to change a job's state while a cancel waits for approval).
 State lives in memory for the life of the process, so a cancel shows up in `get-job` and `list-jobs`.
 Results are pretty JSON text, as RunPod's server returns them.
 
@@ -83,6 +85,21 @@ def cancel_job(endpoint_id: str, job_id: str) -> str:
         raise ValueError(f"job {job_id} already finished ({job.status}); nothing to cancel")
     job.status = "CANCELLED"
     return _json({"id": job.id, "status": job.status})
+
+
+@mcp.tool(name="finish-job", structured_output=False)
+def finish_job(job_id: str, status: str = "COMPLETED") -> str:
+    """Finish a job as if its worker had (demo only): COMPLETED or FAILED."""
+    job = JOBS.get(job_id)
+    if job is None:
+        raise ValueError(f"job {job_id} not found")
+    if status not in ("COMPLETED", "FAILED"):
+        raise ValueError("status must be COMPLETED or FAILED")
+    if job.status in FINISHED:
+        raise ValueError(f"job {job_id} already finished ({job.status})")
+    job.status = status
+    job.execution_ms = 61_000
+    return _json(asdict(job))
 
 
 @mcp.tool(name="delete-endpoint", structured_output=False)

@@ -20,8 +20,9 @@ class PolicyStage:
         self.policies = policies
 
     async def __call__(self, call: ToolCall, next: Next) -> dict[str, Any]:
+        annotations = (call.tool_info or {}).get("annotations")
         verdict = (
-            self.policies.decide(call.identity, call.upstream, call.tool, call.arguments)
+            self.policies.decide(call.identity, call.upstream, call.tool, call.arguments, annotations)
             if call.known
             else UNKNOWN
         )
