@@ -311,9 +311,7 @@ async def test_a_stdio_upstream_gets_the_trace_context_in_meta(tmp_path: Path, r
     """Shared stdio links speak raw JSON-RPC (`proxy.rawpipe`): they put the context in `_meta` too."""
     exec_log = tmp_path / "exec.jsonl"
     cfg = config(tmp_path, "unused")
-    cfg["upstreams"] = {
-        "fixture": {"command": PYTHON, "args": [FIXTURE], "env": {"EXEC_LOG": str(exec_log)}}
-    }
+    cfg["upstreams"] = {"fixture": {"command": PYTHON, "args": [FIXTURE], "env": {"EXEC_LOG": str(exec_log)}}}
     cfg["policy"]["rules"][0]["tools"] = "wipe"  # `deploy` runs without asking
     env = {**OTEL, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}"}
     async with gateway(cfg, tmp_path, env) as gw, client_with_traceparent(gw.mcp_url) as client:
