@@ -620,17 +620,19 @@ class Store:
 
     async def add_tool_pins(self, pins: Sequence[ToolPin]) -> None:
         """Pin tools seen for the first time; a pin another process wrote meanwhile stays as it is."""
-        if not pins:
-            return
-        async with self._writing(), self.sessions() as s:
-            for pin in pins:
-                exists = await s.get(ToolPin, (pin.upstream, pin.tool))
-                if exists is None:
-                    s.add(pin)
-            try:
-                await s.commit()
-            except IntegrityError:  # another replica pinned them first: theirs is the first sighting
-                await s.rollback()
+        for _ in range(3):  # another replica pinned some meanwhile: theirs stand, the rest are ours
+            if not pins:
+                return
+            async with self._writing(), self.sessions() as s:
+                with s.no_autoflush:
+                    for pin in pins:
+                        if await s.get(ToolPin, (pin.upstream, pin.tool)) is None:
+                            s.add(ToolPin.model_validate(pin.model_dump()))
+                try:
+                    await s.commit()
+                    return
+                except IntegrityError:
+                    await s.rollback()
 
     async def note_tool_change(
         self, upstream: str, tool: str, definition: dict[str, Any], digest: str

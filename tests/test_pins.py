@@ -172,6 +172,29 @@ async def test_annotated_destructive_tools_need_approval_when_no_rule_names_them
     assert [e["args"]["target"] for e in executions(exec_log, "wipe")] == ["t2"]
 
 
+async def test_two_replicas_pinning_the_same_tools_at_once_both_succeed(db_url: str) -> None:
+    """Two gateways starting together on one database see the same tools first: one pin each, no error."""
+    a, b = Store(db_url), Store(db_url)
+    await a.open()
+    await b.open()
+    try:
+        for round_ in range(5):
+            tools = [f"r{round_}-t{i}" for i in range(20)]
+            await asyncio.gather(
+                a.add_tool_pins(
+                    [ToolPin(upstream="u", tool=t, definition={"by": "a"}, digest="a") for t in tools]
+                ),
+                b.add_tool_pins(
+                    [ToolPin(upstream="u", tool=t, definition={"by": "b"}, digest="b") for t in tools[::-1]]
+                ),
+            )
+        pins = await a.tool_pins("u")
+        assert len(pins) == 100 and {p.digest for p in pins} <= {"a", "b"}
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_pins_context_and_history_in_the_store(db_url: str) -> None:
     """The store's side on both backends: first sighting wins, a change is announced once, and
     migration 4 adds the context column to a database from before it."""

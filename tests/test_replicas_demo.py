@@ -69,7 +69,9 @@ def test_a_call_held_on_one_replica_is_approved_through_the_other_and_the_limit_
 
     rows = audit_rows(out)
     assert ["a", "cancel-job", "require_approval", "ok", "alice"] in rows, out
-    get_jobs = [(r[0], r[3]) for r in rows if r[1] == "get-job"]
+    # The job's live state was read by a before posting the request and by b again at the click.
+    assert sorted(r[0] for r in rows if r[2] == "context_probe") == ["a", "b"], out
+    get_jobs = [(r[0], r[3]) for r in rows if r[1] == "get-job" and r[2] != "context_probe"]
     assert sorted(get_jobs) == sorted(
         [("a", "ok"), ("b", "ok"), ("a", "ok"), ("b", "rate_limited"), ("a", "rate_limited")]
     ), out

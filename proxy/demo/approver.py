@@ -27,9 +27,14 @@ def api(control_url: str, token: str, path: str, body: dict[str, Any] | None = N
         return json.loads(e.read() or b"{}")
 
 
-def approve(control_url: str, person_token: str, approval_id: str) -> dict[str, Any]:
+def approve(
+    control_url: str, person_token: str, approval_id: str, confirm_changed: bool = False
+) -> dict[str, Any]:
     """Approve one request as the person whose own token this is (the admin token cannot decide)."""
-    return api(control_url, person_token, f"/api/approvals/{approval_id}/decide", {"decision": "approve"})
+    body: dict[str, Any] = {"decision": "approve"}
+    if confirm_changed:  # "the job changed since you saw it; approve anyway?" — yes
+        body["confirmChanged"] = True
+    return api(control_url, person_token, f"/api/approvals/{approval_id}/decide", body)
 
 
 async def auto_approve(
@@ -49,6 +54,9 @@ async def auto_approve(
                 if a.get("context"):  # the job's live state, as signoff read it for the approvers
                     say(f"     [auto-approve] {user} sees {a['context']['summary']}")
                 answer = await asyncio.to_thread(approve, control_url, person_token, a["id"])
+                if answer.get("contextChanged") is not None:  # the job moved on: read, then confirm
+                    say(f"     [auto-approve] {user} is told: {answer.get('message')}")
+                    answer = await asyncio.to_thread(approve, control_url, person_token, a["id"], True)
                 say(
                     f"     [auto-approve] {user} approved {a['tool']} ({a['id']}){where}: "
                     f"{answer.get('message')}"

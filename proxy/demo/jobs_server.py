@@ -13,6 +13,8 @@ Run: `python -m proxy.demo.jobs_server` (stdio; normally started by the gateway)
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,8 +34,12 @@ class Job:
     execution_ms: int | None = None
 
 
+# The demo's "now" (`DEMO_JOBS_EPOCH`, set by the replicas demo so its jobs servers agree).
+STARTED = datetime.fromtimestamp(float(os.environ.get("DEMO_JOBS_EPOCH") or time.time()), UTC)
+
+
 def _ago(minutes: int) -> str:
-    return (datetime.now(UTC) - timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (STARTED - timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 ENDPOINTS: dict[str, dict[str, Any]] = {

@@ -84,6 +84,9 @@ def replica_configs(
     """One config per replica: the demo's, on one database, with one admin token, people and policy."""
     token = secrets.token_urlsafe(18)
     policy = shared_policy(args.state_dir, args.timeout)
+    # Each replica starts its own jobs server: one clock for both, so the job one replica shows the
+    # approver is the job the other reads again at the click (else "changed since shown").
+    epoch = str(int(time.time()))
     replicas, notes = [], []
     for i in range(args.replicas):
         name = string.ascii_lowercase[i]
@@ -92,6 +95,8 @@ def replica_configs(
         config["database_url"] = database_url
         config["control"]["admin_token"] = token
         config["policy"] = str(policy)
+        jobs = config["upstreams"]["jobs"]
+        jobs["env"] = {**(jobs.get("env") or {}), "DEMO_JOBS_EPOCH": epoch}
         replicas.append(Replica(name, config, args.state_dir))
         notes += [f"replica {name}: {note}" for note in more]
     return replicas, notes
