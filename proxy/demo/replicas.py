@@ -225,7 +225,8 @@ async def show_audit(replica: Replica, since: datetime, calls: int) -> None:
             for r in await asyncio.to_thread(fetch_audit, replica.control_url, token)
             if datetime.fromisoformat(r["at"]) >= since
         ]
-        if len(records) >= calls:
+        # The script's own calls; the live-state reads (context_probe) come on top of them.
+        if sum(r["decision"] != "context_probe" for r in records) >= calls:
             break
         await asyncio.sleep(0.2)
     rows = [["time", "replica", "tool", "decision", "outcome", "by"]]
