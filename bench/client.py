@@ -10,7 +10,7 @@ client would both inflate absolute latency and hide the gateway's cost in the ra
 mode measures the same calls with the SDK's `mcp.Client(mode="legacy")`, for reference.
 
 Usage (each prints one JSON object on its last stdout line):
-    client.py seq URL [--calls 300] [--warmup 50] [--payload-bytes 0]
+    client.py seq URL [--calls 300] [--warmup 50] [--payload-bytes 0] [--modern]
     client.py throughput URL [--sessions 8] [--calls 100] [--warmup 20]
     client.py sdk URL [--calls 300] [--warmup 50]
     client.py hold URL --count 10000 --sessions 100 [--window 100] [--metrics CONTROL/metrics]
@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 import orjson
 
 PROTOCOL = "2025-11-25"  # what mcp.Client(mode="legacy") negotiates with the 2.x SDK
+MODERN_PROTOCOL = "2026-07-28"  # --modern: stateless, no handshake; every request says its version
+MODERN = False
 TOKEN: str | None = None  # bearer token for the gateway's front (--token)
 _IDS = itertools.count(1)  # JSON-RPC ids, unique across every connection of a session
 
@@ -80,7 +82,7 @@ class Conn:
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
 
-    def _head(self, body_len: int) -> bytes:
+    def _head(self, body_len: int, message: dict[str, Any]) -> bytes:
         lines = [
             f"POST {self.path} HTTP/1.1",
             f"Host: {self.host}:{self.port}",
@@ -90,7 +92,12 @@ class Conn:
         ]
         if self.token:
             lines.append(f"Authorization: Bearer {self.token}")
-        if self.session_id is not None:
+        if MODERN:  # as the SDK's modern client: the version, the method and the tool in headers too
+            lines += [f"Mcp-Protocol-Version: {MODERN_PROTOCOL}", f"Mcp-Method: {message['method']}"]
+            name = (message.get("params") or {}).get("name")
+            if isinstance(name, str):
+                lines.append(f"Mcp-Name: {name}")
+        elif self.session_id is not None:
             lines.append(f"Mcp-Session-Id: {self.session_id}")
             lines.append(f"Mcp-Protocol-Version: {PROTOCOL}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -99,7 +106,7 @@ class Conn:
         """Send one JSON-RPC message; return the JSON-RPC response (None for a notification's 202)."""
         assert self.reader is not None and self.writer is not None
         body = orjson.dumps(message)
-        self.writer.write(self._head(len(body)) + body)
+        self.writer.write(self._head(len(body), message) + body)
         reader = self.reader
         status_line = await reader.readline()
         if not status_line:
@@ -160,6 +167,8 @@ class Conn:
         return next(_IDS)
 
     async def initialize(self) -> dict[str, Any]:
+        if MODERN:
+            return {}  # the 2026-07-28 era has no handshake
         init = {
             "jsonrpc": "2.0",
             "id": self.next_id(),
@@ -185,6 +194,12 @@ class Conn:
             "method": "tools/call",
             "params": {"name": name, "arguments": arguments},
         }
+        if MODERN:
+            req["params"]["_meta"] = {
+                "io.modelcontextprotocol/protocolVersion": MODERN_PROTOCOL,
+                "io.modelcontextprotocol/clientInfo": {"name": "signoff-bench", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
         reply = await self.post(req, on_headers)
         assert reply is not None
         if "error" in reply:
@@ -417,8 +432,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=100, help="hold: calls sent but not yet held")
     parser.add_argument("--metrics", help="hold: the gateway's /metrics URL (closed-loop arrivals)")
     parser.add_argument("--token", help="bearer token (the gateway's front requires one)")
+    parser.add_argument("--modern", action="store_true", help="speak the 2026-07-28 era (stateless)")
     a = parser.parse_args()
-    global TOKEN
+    global TOKEN, MODERN
+    MODERN = a.modern
     TOKEN = a.token
     if a.mode == "seq":
         out = asyncio.run(seq(a.url, a.calls, a.warmup, a.payload_bytes))

@@ -2,9 +2,10 @@
 
 1. Latency and throughput: the same upstream (bench/upstream.py) served directly over Streamable HTTP
    and through the gateway's HTTP front (stdio upstream), same protocol version (2025-11-25) and
-   framing (SSE replies): sequential `echo` p50/p99, p50 with a 100 KB argument, and 8 sessions x 100
-   calls. Direct and gateway runs are interleaved (the order alternates) and repeated; the medians
-   of the repeats and their ratios gateway/direct are reported.
+   framing (SSE replies): sequential `echo` p50/p99, the same in the stateless 2026-07-28 era, p50
+   with a 100 KB argument, and 8 sessions x 100 calls (with the gateway's CPU per call); the
+   gateway's idle RSS once started and warmed. Direct and gateway runs are interleaved (the order
+   alternates) and repeated; the medians of the repeats and their ratios gateway/direct are reported.
 2. Policy evaluation: bench/policy_bench.py's `run()` (1,000 rules).
 3. 10,000 calls held for approval at once over the HTTP front (100 sessions): the gateway's peak RSS
    once they are all pending, then every call approved through the approvals API (bounded
@@ -68,6 +69,10 @@ TARGETS = {  # key: (comparison, limit, what)
     "held_10k_rss_mb": ("<=", 300.0, "gateway peak RSS, 10,000 held calls (MB)"),
     "decision_to_dispatch_p99_ms": ("<=", 50.0, "decision -> upstream execution p99 (ms)"),
     "stdio_start_ms": ("<=", 1000.0, "stdio process start -> initialize answered (ms, median)"),
+    "p50_ratio_modern": ("<=", 1.25, "allowed call p50, gateway/direct, 2026-07-28 era"),
+    "p99_ratio_modern": ("<=", 1.25, "allowed call p99, gateway/direct, 2026-07-28 era"),
+    "cpu_ms_per_call": ("<=", 1.0, "gateway CPU per allowed call (ms, throughput runs)"),
+    "idle_rss_mb": ("<=", 60.0, "gateway RSS, started and warmed, no load (MB)"),
 }
 
 
@@ -339,17 +344,20 @@ def latency_phase(
     """
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         "seq": {"direct": [], "gateway": []},
+        "modern": {"direct": [], "gateway": []},
         "payload": {"direct": [], "gateway": []},
         "throughput": {"direct": [], "gateway": []},
     }
     targets = {"direct": (direct_url, None), "gateway": (gateway_url, AGENT_TOKEN)}
     for r in range(repeats):
         order = ["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]
-        for phase in ("seq", "payload", "throughput"):
+        for phase in ("seq", "modern", "payload", "throughput"):
             for path in order:
                 url, token = targets[path]
                 if phase == "seq":
                     res = client("seq", url, "--calls", "300", "--warmup", "50", token=token)
+                elif phase == "modern":  # the same calls in the stateless 2026-07-28 era
+                    res = client("seq", url, "--calls", "300", "--warmup", "50", "--modern", token=token)
                 elif phase == "payload":
                     res = client(
                         "seq",
@@ -680,6 +688,8 @@ def main() -> int:
             wait_until(lambda: port_open(port), 30, "direct upstream", direct)
             gw = Gateway(tmp, "latency", upstream_env={})
             procs.append(gw.proc)
+            client("seq", gw.mcp_url, "--calls", "50", "--warmup", "10", token=AGENT_TOKEN)  # warm
+            results["idle_rss_mb"] = round(proc_status(gw.proc.pid)["VmRSS"] / 1024, 1)
             pids = {"direct": [direct.pid], "gateway": [gw.proc.pid, *children(gw.proc.pid)]}
             lat = latency_phase(f"http://127.0.0.1:{port}/mcp", gw.mcp_url, a.repeats, pids)
             gw.proc.stop()
@@ -690,6 +700,10 @@ def main() -> int:
                 "gateway_p50_ms": med([r["p50_ms"] for r in runs["seq"]["gateway"]]),
                 "direct_p99_ms": med([r["p99_ms"] for r in runs["seq"]["direct"]]),
                 "gateway_p99_ms": med([r["p99_ms"] for r in runs["seq"]["gateway"]]),
+                "direct_modern_p50_ms": med([r["p50_ms"] for r in runs["modern"]["direct"]]),
+                "gateway_modern_p50_ms": med([r["p50_ms"] for r in runs["modern"]["gateway"]]),
+                "direct_modern_p99_ms": med([r["p99_ms"] for r in runs["modern"]["direct"]]),
+                "gateway_modern_p99_ms": med([r["p99_ms"] for r in runs["modern"]["gateway"]]),
                 "direct_payload_p50_ms": med([r["p50_ms"] for r in runs["payload"]["direct"]]),
                 "gateway_payload_p50_ms": med([r["p50_ms"] for r in runs["payload"]["gateway"]]),
                 "direct_calls_per_s": med([r["calls_per_s"] for r in runs["throughput"]["direct"]]),
@@ -714,6 +728,10 @@ def main() -> int:
                     g["p99_ms"] / d["p99_ms"]
                     for d, g in zip(runs["seq"]["direct"], runs["seq"]["gateway"], strict=True)
                 ],
+                "p50_modern": [
+                    g["p50_ms"] / d["p50_ms"]
+                    for d, g in zip(runs["modern"]["direct"], runs["modern"]["gateway"], strict=True)
+                ],
                 "payload": [
                     g["p50_ms"] / d["p50_ms"]
                     for d, g in zip(runs["payload"]["direct"], runs["payload"]["gateway"], strict=True)
@@ -727,6 +745,9 @@ def main() -> int:
                 {
                     "p50_ratio": round(fig["gateway_p50_ms"] / fig["direct_p50_ms"], 3),
                     "p99_ratio": round(fig["gateway_p99_ms"] / fig["direct_p99_ms"], 3),
+                    "p50_ratio_modern": round(fig["gateway_modern_p50_ms"] / fig["direct_modern_p50_ms"], 3),
+                    "p99_ratio_modern": round(fig["gateway_modern_p99_ms"] / fig["direct_modern_p99_ms"], 3),
+                    "cpu_ms_per_call": round(fig["gateway_cpu_us_per_call"][0] / 1000, 3),
                     "payload_ratio": round(fig["gateway_payload_p50_ms"] / fig["direct_payload_p50_ms"], 3),
                     "throughput_ratio": round(fig["gateway_calls_per_s"] / fig["direct_calls_per_s"], 3),
                     "latency": {
@@ -787,6 +808,16 @@ def print_table(r: dict[str, Any]) -> None:
         ("p50_ratio", f"{lat.get('direct_p50_ms', '-')} ms", f"{lat.get('gateway_p50_ms', '-')} ms"),
         ("p99_ratio", f"{lat.get('direct_p99_ms', '-')} ms", f"{lat.get('gateway_p99_ms', '-')} ms"),
         (
+            "p50_ratio_modern",
+            f"{lat.get('direct_modern_p50_ms', '-')} ms",
+            f"{lat.get('gateway_modern_p50_ms', '-')} ms",
+        ),
+        (
+            "p99_ratio_modern",
+            f"{lat.get('direct_modern_p99_ms', '-')} ms",
+            f"{lat.get('gateway_modern_p99_ms', '-')} ms",
+        ),
+        (
             "payload_ratio",
             f"{lat.get('direct_payload_p50_ms', '-')} ms",
             f"{lat.get('gateway_payload_p50_ms', '-')} ms",
@@ -797,6 +828,8 @@ def print_table(r: dict[str, Any]) -> None:
             f"{lat.get('gateway_calls_per_s', '-')}/s",
         ),
         ("policy_p99_us", "", f"p50 {r.get('policy', {}).get('p50_us', '-')} us"),
+        ("cpu_ms_per_call", f"{(lat.get('direct_cpu_us_per_call') or ['-'])[0]} us", "gateway only"),
+        ("idle_rss_mb", "", "warmed, no load"),
         ("stdio_start_ms", "", f"3 at once {max(r.get('stdio_start', {}).get('three_at_once_ms', [0]))} ms"),
         (
             "held_10k_rss_mb",
