@@ -65,6 +65,9 @@ class LeanPath:
             if message is not None and down is not None and self._answerable(down, message):
                 await self._answer(send, headers, down, message)
                 return
+            del message, down
+        # What this frame parsed must not stay alive while the SDK serves (a held call, for minutes).
+        del headers
         await self.app(scope, _replay(body, complete, receive), send)
 
     # -- deciding -------------------------------------------------------------------------------
