@@ -723,10 +723,9 @@ class Store:
     # -- audit -------------------------------------------------------------------------------
 
     async def write_audit(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert audit rows in one statement (Core executemany: no ORM objects to build)."""
-        async with self._writing(), self.sessions() as s:
-            await s.exec(insert(AuditRecord), params=[_audit_row(r) for r in rows])
-            await s.commit()
+        """Insert audit rows in one statement: Core executemany on a connection, no ORM session."""
+        async with self._writing(), self.engine.begin() as conn:
+            await conn.execute(insert(AuditRecord.__table__), [_audit_row(r) for r in rows])  # type: ignore[attr-defined]
 
     async def audit(
         self,
