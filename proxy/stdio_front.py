@@ -188,6 +188,7 @@ async def _start_gateway(config: Config) -> App:
     except BaseException:
         await app.stop()
         raise
+    module.settle_memory()
     return app
 
 
