@@ -17,6 +17,23 @@ class UnknownTool(Exception):
     """Answer as if the tool did not exist (it doesn't, or policy hides it)."""
 
 
+class UpstreamError(Exception):
+    """The upstream could not answer: not connected, restarting, timed out, or it died mid-call."""
+
+    def __init__(self, upstream: str, message: str, reason: str = "upstream_unavailable") -> None:
+        super().__init__(f"upstream {upstream!r} {message}")
+        self.upstream = upstream
+        self.reason = reason
+
+
+class UpstreamErrorReply(Exception):
+    """The upstream answered with a JSON-RPC error: passed on to the client as it is."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+
 @dataclass
 class CallRecord:
     """What the call's audit record will say, filled in by the stages as the call goes."""

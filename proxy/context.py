@@ -22,15 +22,14 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from mcp.shared.exceptions import MCPError
-
 from proxy.audit import AuditLog
+from proxy.calls import UpstreamError, UpstreamErrorReply
 from proxy.naming import Names
 from proxy.policy import PLACEHOLDER, ContextProbe, parse_path
 from proxy.redact import display_mask, redact_text
 from proxy.risk import classify
 from proxy.store import Approval, utcnow
-from proxy.upstreams import Upstream, UpstreamError
+from proxy.upstreams import Upstream
 
 log = logging.getLogger("signoff.context")
 
@@ -250,7 +249,7 @@ class ContextProber:
             error, outcome = f"{tool} did not answer within {timeout:g}s", "upstream_timeout"
         except ProbeError as e:
             error, outcome = str(e), "tool_error"
-        except (UpstreamError, MCPError) as e:
+        except (UpstreamError, UpstreamErrorReply) as e:
             error, outcome = f"{tool} could not be reached ({_short(str(e))})", "upstream_error"
         except Exception as e:  # a probe is never worth failing the request over
             log.warning("context probe %s on %s failed: %s", tool, upstream, e)
@@ -282,7 +281,7 @@ class ContextProber:
             raise ProbeError(f"{tool} is not a read tool ({risk}), so signoff does not run it")
         if self.held_back(upstream, tool):
             raise ProbeError(f"{tool}'s definition changed and is not accepted yet")
-        result = await up.shared.request("tools/call", {"name": tool, "arguments": arguments})
+        result = await up.call_tool({"name": tool, "arguments": arguments})
         if result.get("isError"):
             text = next(
                 (

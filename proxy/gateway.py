@@ -28,7 +28,7 @@ from mcp_types import (
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from proxy.calls import ProgressFn, ToolCall, UnknownTool
+from proxy.calls import ProgressFn, ToolCall, UnknownTool, UpstreamErrorReply
 from proxy.identity import ANONYMOUS, Identity
 from proxy.naming import Names
 from proxy.presence import SCOPE_KEY, Presence
@@ -263,10 +263,10 @@ class Gateway:
                 params["_meta"] = c.meta
             link = down.link_for(up)
             if ctx is None:
-                return await link.request("tools/call", params, timeout=up.config.call_timeout)
+                return await up.call_tool(params, link, timeout=up.config.call_timeout)
             with down.tracking(up.name, ctx):
-                return await link.request(
-                    "tools/call", params, timeout=up.config.call_timeout, on_progress=c.progress
+                return await up.call_tool(
+                    params, link, timeout=up.config.call_timeout, on_progress=c.progress
                 )
 
         call.forward = forward
@@ -277,6 +277,8 @@ class Gateway:
                 return await self.calls(call)
         except UnknownTool:
             raise _unknown_tool(public) from None
+        except UpstreamErrorReply as e:
+            raise MCPError(e.code, e.message, e.data) from None
 
     def answers_at_once(self, down: Downstream, raw: dict[str, Any]) -> bool:
         """Whether a `tools/call` can be answered without the SDK's per-request machinery.

@@ -30,6 +30,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from proxy import tracing
+from proxy.calls import UpstreamError, UpstreamErrorReply
 from proxy.config import UpstreamConfig
 from proxy.rawpipe import RawStdio
 
@@ -37,15 +38,6 @@ log = logging.getLogger("signoff.upstream")
 
 GATEWAY_INFO = types.Implementation(name="signoff", version="0.1.0")
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
-
-
-class UpstreamError(Exception):
-    """The upstream could not answer: not connected, restarting, timed out, or it died mid-call."""
-
-    def __init__(self, upstream: str, message: str, reason: str = "upstream_unavailable") -> None:
-        super().__init__(f"upstream {upstream!r} {message}")
-        self.upstream = upstream
-        self.reason = reason
 
 
 @dataclass
@@ -414,6 +406,26 @@ class Upstream:
     def private_link(self, hooks: LinkHooks) -> Link:
         """A new, not yet started link for one client session."""
         return Link(self.name, self.config, hooks, self.base_dir)
+
+    async def call_tool(
+        self,
+        params: dict[str, Any],
+        link: Link | None = None,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        """`tools/call` on `link` (the shared one by default), its result untouched.
+
+        The upstream's JSON-RPC error comes back as `UpstreamErrorReply`, so that the core never
+        handles the SDK's exception types.
+        """
+        try:
+            return await (link or self.shared).request(
+                "tools/call", params, timeout=timeout, on_progress=on_progress
+            )
+        except MCPError as e:
+            raise UpstreamErrorReply(e.error.code, e.error.message, e.error.data) from None
 
     async def refresh_tools(self, link: Link | None = None) -> dict[str, dict[str, Any]]:
         """Fetch every page of `tools/list` and remember the tools by their own names."""

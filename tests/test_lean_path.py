@@ -15,9 +15,10 @@ from typing import Any
 import httpx2
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from tests.conftest import Admin, executions, gateway_config, stdio_echo
-from tests.procs import free_port, running_gateway
+from tests.procs import PYTHON, ROOT, free_port, running_gateway
 from tests.test_approvals import APPROVERS, HOLD, policy
 
 
@@ -69,3 +70,36 @@ async def test_a_held_call_and_a_call_with_progress_take_the_sdk_path(tmp_path: 
             assert slept.content[0].text == "slept 0.3" and progress
             assert lean_answers(gw.control_url) == before  # neither took the lean path
     assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["db1"]
+
+
+REFUSING = str(ROOT / "tests" / "fixtures" / "refusing_server.py")
+
+
+async def test_an_upstreams_json_rpc_error_reaches_the_client_as_it_is_and_is_audited(
+    tmp_path: Path, exec_log: Path
+) -> None:
+    """Through the lean path and the SDK's (progress asked): same code, message and data; audited once each."""
+    config = gateway_config(exec_log, None)
+    config["upstreams"] = {"records": {"command": PYTHON, "args": [REFUSING]}}
+    with running_gateway(config, tmp_path) as gw:
+        async with Client(gw.mcp_url, mode="legacy") as client:
+            await client.list_tools()
+            errors = []
+            for record, progress in (("r1", None), ("r2", _ignore_progress)):
+                with pytest.raises(MCPError) as raised:
+                    await client.session.call_tool("lookup", {"record": record}, progress_callback=progress)
+                errors.append((raised.value.error.code, raised.value.error.message, raised.value.error.data))
+        assert errors == [
+            (-32602, "No such record: r1", {"record": "r1"}),
+            (-32602, "No such record: r2", {"record": "r2"}),
+        ]
+        assert lean_answers(gw.control_url, "tools/call") >= 1  # the first call took the lean path
+        records = await Admin(gw.control_url).audit_for(lambda r: r["tool"] == "lookup", n=2)
+        assert sorted((r["arguments"]["record"], r["outcome"], r["reason"]) for r in records) == [
+            ("r1", "upstream_error", "No such record: r1"),
+            ("r2", "upstream_error", "No such record: r2"),
+        ]
+
+
+async def _ignore_progress(progress: float, total: float | None, message: str | None) -> None:
+    return None

@@ -6,14 +6,11 @@ import logging
 import time
 from typing import Any
 
-from mcp.shared.exceptions import MCPError
-
 from proxy.audit import AuditLog
-from proxy.calls import ToolCall, UnknownTool
+from proxy.calls import ToolCall, UnknownTool, UpstreamError, UpstreamErrorReply
 from proxy.metrics import Metrics
 from proxy.results import Refused, refusal
 from proxy.stages import Next
-from proxy.upstreams import UpstreamError
 
 log = logging.getLogger("signoff.pipeline")
 
@@ -57,7 +54,7 @@ class Audited:
         except UnknownTool:
             record.outcome = "unknown_tool"
             raise
-        except MCPError as e:
+        except UpstreamErrorReply as e:
             record.outcome = "upstream_error"
             record.reason = e.message
             raise
