@@ -57,6 +57,11 @@ async def test_gateway_sigkilled_during_load_and_restarted_on_the_same_database(
         moments: dict[str, float] = {}
 
         async def kill(run: Run) -> None:
+            # The point is calls cut mid-flight: on a loaded machine the load may still be ramping up
+            # at KILL_AT, so wait (a few seconds at most) until some calls are waiting for answers.
+            deadline = time.monotonic() + 5
+            while sum(r.answered is None for r in run.load.records) < 3 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
             first.stop(signal.SIGKILL)
             moments["kill"], moments["kill_wall"] = time.monotonic(), time.time()
             run.note("SIGKILL gateway")
