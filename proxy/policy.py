@@ -325,6 +325,15 @@ def _as_list(value: Any) -> Any:
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 GlobList = Annotated[list[NonEmptyStr], BeforeValidator(_as_list)]
 NameList = Annotated[list[NonEmptyStr], BeforeValidator(_as_list), Field(min_length=1)]
+
+
+def _valid_paths(paths: list[str]) -> list[str]:
+    """Argument paths (`body.action`, `items[0].id`) that parse; raises naming the first that does not."""
+    for path in paths:
+        parse_path(path)
+    return paths
+
+
 Quorum = Annotated[int, Field(strict=True, ge=1)]
 StrictBool = Annotated[bool, Field(strict=True)]
 
@@ -366,9 +375,7 @@ class GrantModel(_Model):
     @field_validator("same")
     @classmethod
     def _check_paths(cls, paths: list[str]) -> list[str]:
-        for path in paths:
-            parse_path(path)
-        return paths
+        return _valid_paths(paths)
 
     @field_validator("offer")
     @classmethod
@@ -398,9 +405,7 @@ class ContextModel(_Model):
     @field_validator("show")
     @classmethod
     def _check_paths(cls, show: list[str]) -> list[str]:
-        for path in show:
-            parse_path(path)
-        return show
+        return _valid_paths(show)
 
     @field_validator("arguments")
     @classmethod
