@@ -620,12 +620,15 @@ class Store:
 
     async def add_tool_pins(self, pins: Sequence[ToolPin]) -> None:
         """Pin tools seen for the first time; a pin another process wrote meanwhile stays as it is."""
+        # In one order whoever inserts: two replicas inserting the same keys in opposite orders
+        # deadlock on PostgreSQL.
+        ordered = sorted(pins, key=lambda p: (p.upstream, p.tool))
         for _ in range(3):  # another replica pinned some meanwhile: theirs stand, the rest are ours
-            if not pins:
+            if not ordered:
                 return
             async with self._writing(), self.sessions() as s:
                 with s.no_autoflush:
-                    for pin in pins:
+                    for pin in ordered:
                         if await s.get(ToolPin, (pin.upstream, pin.tool)) is None:
                             s.add(ToolPin.model_validate(pin.model_dump()))
                 try:
