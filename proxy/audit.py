@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from proxy.metrics import Metrics
 from proxy.redact import redact
@@ -30,9 +30,23 @@ def _storable(value: Any) -> Any:
     return value
 
 
-def _is_outage(e: DBAPIError) -> bool:
-    """A lost or refused connection (retry the batch later), rather than a row the database rejects."""
-    return e.connection_invalidated or isinstance(e, OperationalError | InterfaceError)
+# SQLSTATE classes of a row the database rejects: data exception, integrity constraint, program limit.
+ROW_REJECTED_CLASSES = ("22", "23", "54")
+
+
+def _is_outage(e: BaseException) -> bool:
+    """Anything but a row the database rejects: keep the batch and retry it later.
+
+    Decided by what the row error is, not what an outage looks like: a server starting up or shutting
+    down answers with errors SQLAlchemy maps to neither OperationalError nor InterfaceError, and taking
+    those for a bad row dropped the records written meanwhile.
+    """
+    if not isinstance(e, DBAPIError) or e.connection_invalidated:
+        return True
+    if isinstance(e, IntegrityError | DataError):
+        return False
+    sqlstate = getattr(e.orig, "sqlstate", None) or ""
+    return not sqlstate.startswith(ROW_REJECTED_CLASSES)
 
 
 # Argument strings longer than this are cut in audit records (the full call is the upstream's business).
@@ -105,7 +119,7 @@ class AuditLog:
                 try:
                     await self.store.write_audit(batch)
                 except Exception as e:
-                    if isinstance(e, DBAPIError) and not _is_outage(e):
+                    if not _is_outage(e):
                         # The database refuses something in the batch, not the connection: write the
                         # rows one by one so one bad record cannot hold up (or lose) the others.
                         log.error(
@@ -134,7 +148,7 @@ class AuditLog:
                         raise
                     await self.store.write_audit([{**rec, "arguments": {"_unstorable": str(e)[:500]}}])
             except Exception as e:
-                if isinstance(e, DBAPIError) and not _is_outage(e):
+                if not _is_outage(e):
                     log.error("audit record for call %s could not be written: %s", rec.get("call_id"), e)
                     continue
                 return batch[n:]

@@ -591,6 +591,21 @@ def metric_total(control_url: str, name: str = "signoff_tool_calls_total") -> fl
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
+async def upstreams_up(control_url: str, timeout: float = 20.0) -> None:
+    """Wait until `/readyz` says every upstream is up (a fault injected earlier may still be mending)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    async with httpx2.AsyncClient(timeout=5) as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx2.HTTPError):
+                r = await http.get(control_url + "/readyz")
+                if r.status_code == 200:
+                    return
+                last = r.text
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"the upstreams were not up again within {timeout}s: {last}")
+
+
 # -- reading back what the gateway recorded ------------------------------------------------------------
 
 

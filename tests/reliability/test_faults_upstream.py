@@ -7,15 +7,14 @@ is in a final state.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import statistics
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import executions
 from tests.procs import running_gateway
 from tests.reliability.harness import (
     GATEWAY_ENV,
@@ -33,6 +32,7 @@ from tests.reliability.harness import (
     serves_again,
     session,
     summary,
+    upstreams_up,
     verify,
     wait_for_audit,
 )
@@ -54,16 +54,19 @@ async def test_upstream_killed_and_crashing_during_load(tmp_path: Path, exec_log
         killed: list[int] = []
 
         async def kill(run: Run) -> None:
-            deadline = time.monotonic() + 15
-            while not (pids := children(gw.popen.pid)):  # it may still be restarting after a fault
-                assert time.monotonic() < deadline, "the stdio upstream is a child of the gateway"
-                await asyncio.sleep(0.1)
+            # Each fault hits a running upstream, so each must cost one restart: the one before may
+            # still be mending (its restart waits a backoff that doubles), and its exited child may
+            # not be reaped yet.
+            await upstreams_up(gw.control_url)
+            pids = children(gw.popen.pid)
+            assert pids, "the stdio upstream is a child of the gateway"
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             killed.extend(pids)
             run.note(f"SIGKILL upstream {pids}")
 
         async def crash(run: Run) -> None:
+            await upstreams_up(gw.control_url)
             async with session(gw.mcp_url, TOKENS["agent-b"]) as client:
                 rec = await run.one_call(client, "crash", "crash-1", tolerated)
             run.note(f"crash tool: {rec.outcome} in {rec.answered - rec.started:.2f}s")
@@ -94,6 +97,7 @@ async def test_upstream_killed_and_crashing_during_load(tmp_path: Path, exec_log
     )
     assert_clean(report)
     assert run.load.session_errors == [] and run.approver.errors == []
+    assert executions(exec_log, "crash"), "the crash tool ran (it is one of the three faults)"
     assert restarts >= 3 and upstream_now and not set(upstream_now) & set(killed)
     assert report.outcomes["upstream_unavailable"] >= 1  # the faults did hit calls in flight
     assert slowest_failure < 5.0, "a call on a dead upstream fails fast, it does not hang"
