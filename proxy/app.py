@@ -41,13 +41,14 @@ from proxy.pipeline import Pipeline
 from proxy.policies import PolicySet
 from proxy.presence import Presence, WatchResponses
 from proxy.ratelimit import MemoryRateLimiter
+from proxy.records import Approval
 from proxy.replay import SessionEvents
 from proxy.sdk_internals import streamable_http_app
 from proxy.secretfiles import read_or_create_secret
 from proxy.sessions import Downstream
 from proxy.shared_limits import DatabaseRateLimiter
 from proxy.signin import SignIn
-from proxy.store import Approval, Store, sqlite_path
+from proxy.store import Store, sqlite_path
 from proxy.tokens import new_token
 from proxy.upstreams import Upstream
 from proxy.webui import ApprovalsApi, WebChannel
@@ -339,6 +340,9 @@ class App:
     async def _housekeeping(self) -> None:
         """Heartbeat, sweep overdue/orphaned approvals, and (SQLite) poll for decisions made elsewhere."""
         tick = 0
+        # Four heartbeats per `heartbeat_timeout` (at most every 2 s): a replica is taken for dead
+        # only after missing several, not one late write on a busy machine.
+        beat_every = max(1, min(8, int(self.config.approvals.heartbeat_timeout / 4 / 0.25)))
         while True:
             await asyncio.sleep(0.25)
             tick += 1
@@ -347,7 +351,7 @@ class App:
                     await self.broker.poll_decisions()
                 if tick % 4 == 0:
                     await self.pins.refresh()  # `signoff tools accept` writes the database only
-                if tick % 8 == 0:
+                if tick % beat_every == 0:
                     await self.store.heartbeat(self.instance, self.replica, front=self.front)
                     if not self.control.serving and await self.control.try_start():
                         log.info("this gateway now serves the control port: %s", self.page_url())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,11 +23,33 @@ PYTHON = sys.executable
 SIGNOFF = [PYTHON, "-m", "proxy.cli"]
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel picked with bind(0) is also what it
+# hands the next outgoing connection, and the suite makes thousands, so a server starting a moment
+# later could find its port taken. Here only another test picking the same number can collide.
+PORTS = range(20000, 32000)
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1, outside the ephemeral range, that was free a moment ago.
+
+    Never the same one twice in a process: two picked for one gateway (listen and control) were
+    once the same port.
+    """
+    for _ in range(100):
+        port = random.choice(PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
@@ -124,6 +147,29 @@ def start_gateway(
     ready_path: str = "/readyz",
 ) -> Gateway:
     """Write `config` (listen/control ports filled in when absent), start `signoff serve`, wait until ready."""
+    ours = "listen" not in config and "control" not in config
+    for _ in range(3):
+        try:
+            return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path)
+        except PortTaken:
+            if not ours:
+                raise
+            (tmp_path / f"{name}.log").unlink()  # the retry's log is read without this attempt in it
+    return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path)
+
+
+class PortTaken(RuntimeError):
+    """The gateway could not listen: a port picked as free was taken before it started."""
+
+
+def _start_gateway(
+    config: dict[str, Any],
+    tmp_path: Path,
+    env: dict[str, str] | None,
+    name: str,
+    ready_timeout: float,
+    ready_path: str,
+) -> Gateway:
     config = dict(config)
     config.setdefault("listen", {"host": "127.0.0.1", "port": free_port()})
     config.setdefault("control", {"host": "127.0.0.1", "port": free_port()})
@@ -142,7 +188,9 @@ def start_gateway(
         wait_http(gw.control_url + ready_path, ready_timeout, gw.popen)
     except Exception as e:
         gw.stop()
-        raise RuntimeError(f"gateway did not become ready: {e}\n--- log ---\n{gw.output()}") from e
+        output = gw.output()
+        kind = PortTaken if "Address already in use" in output else RuntimeError
+        raise kind(f"gateway did not become ready: {e}\n--- log ---\n{output}") from e
     return gw
 
 
