@@ -20,8 +20,8 @@ from proxy import grants
 from proxy.context import change_text, summary
 from proxy.history import PastDecision
 from proxy.pins import action_text
+from proxy.records import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant
 from proxy.redact import display_mask, redact_text
-from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant
 
 # Action and view ids: the listeners in bot/slack.py match on these.
 APPROVE = "signoff_approve"

@@ -42,7 +42,7 @@ from proxy.approvers import NOT_AN_APPROVER, Refused
 from proxy.edits import parse_edit
 from proxy.history import PastDecision, recent_decisions
 from proxy.pagerduty import PagerDutyError
-from proxy.store import PENDING, Approval, Grant, utcnow
+from proxy.records import PENDING, Approval, Grant, utcnow
 
 if TYPE_CHECKING:
     from proxy.channels import ChannelHost
@@ -327,11 +327,10 @@ class SlackChannel:
         grant = await self.host.store.grant(approval.grant_id)
         if grant is None:
             return None
-        return grant.model_copy(
-            update={
-                "created_by": ",".join(self._slack_name(n) for n in grant.created_by.split(",") if n),
-                "revoked_by": self._slack_name(grant.revoked_by) if grant.revoked_by else None,
-            }
+        return replace(
+            grant,
+            created_by=",".join(self._slack_name(n) for n in grant.created_by.split(",") if n),
+            revoked_by=self._slack_name(grant.revoked_by) if grant.revoked_by else None,
         )
 
     async def _history(self, approval: Approval) -> list[PastDecision] | None:
@@ -363,11 +362,10 @@ class SlackChannel:
     def _as_shown(self, approval: Approval) -> Approval:
         """The request with people named by their Slack user IDs (rendered as mentions)."""
         decided_by = ",".join(self._slack_name(n) for n in (approval.decided_by or "").split(",") if n)
-        return approval.model_copy(
-            update={
-                "decided_by": decided_by or approval.decided_by,
-                "acts_for": self._slack_name(approval.acts_for) if approval.acts_for else None,
-            }
+        return replace(
+            approval,
+            decided_by=decided_by or approval.decided_by,
+            acts_for=self._slack_name(approval.acts_for) if approval.acts_for else None,
         )
 
     async def post_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:

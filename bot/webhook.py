@@ -25,7 +25,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from proxy.duration import Duration
-from proxy.store import PENDING, Approval
+from proxy.records import PENDING, Approval
 
 if TYPE_CHECKING:
     from proxy.channels import ChannelHost

@@ -15,7 +15,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,19 +32,9 @@ from proxy.escalation import Escalation
 from proxy.pagerduty import PagerDuty
 from proxy.people import Person
 from proxy.policy import ApprovalSpec, Decision
+from proxy.records import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant, utcnow
 from proxy.redact import display_mask
-from proxy.store import (
-    APPROVED,
-    DENIED,
-    EXECUTED,
-    EXPIRED,
-    PENDING,
-    WITHDRAWN,
-    Approval,
-    Grant,
-    Store,
-    utcnow,
-)
+from proxy.store import Store
 
 if TYPE_CHECKING:
     from proxy.context import ContextProber
@@ -669,7 +659,7 @@ class Broker:
         if fresh is not None and not same_state(stored, fresh):
             updated = after_click(stored, fresh)
             await self.store.set_fields(approval.id, context=updated)
-            shown = approval.model_copy(update={"context": updated})
+            shown = replace(approval, context=updated)
             await self._update_channel(
                 shown, await self.store.voters(approval.id) if approval.quorum > 1 else []
             )

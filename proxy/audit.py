@@ -13,8 +13,9 @@ from typing import Any
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from proxy.metrics import Metrics
+from proxy.records import utcnow
 from proxy.redact import redact
-from proxy.store import Store, utcnow
+from proxy.store import Store
 
 
 def _storable(value: Any) -> Any:

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from proxy.approvers import ApproverDirectory
     from proxy.metrics import Metrics
     from proxy.people import People, Person
-    from proxy.store import Approval, Store
+    from proxy.records import Approval
+    from proxy.store import Store
 
 log = logging.getLogger("signoff.channels")
 

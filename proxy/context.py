@@ -26,9 +26,9 @@ from proxy.audit import AuditLog
 from proxy.calls import UpstreamError, UpstreamErrorReply
 from proxy.naming import Names
 from proxy.policy import PLACEHOLDER, ContextProbe, parse_path
+from proxy.records import Approval, utcnow
 from proxy.redact import display_mask, redact_text
 from proxy.risk import classify
-from proxy.store import Approval, utcnow
 from proxy.upstreams import Upstream
 
 log = logging.getLogger("signoff.context")

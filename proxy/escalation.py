@@ -19,7 +19,8 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from proxy.pagerduty import PagerDuty, PagerDutyError
-from proxy.store import PENDING, Approval, Store, utcnow
+from proxy.records import PENDING, Approval, utcnow
+from proxy.store import Store
 
 log = logging.getLogger("signoff.escalation")
 

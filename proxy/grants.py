@@ -19,8 +19,8 @@ import orjson
 
 from proxy.duration import parse_duration
 from proxy.policy import GrantSpec, parse_path
+from proxy.records import Approval, Grant
 from proxy.redact import display_mask
-from proxy.store import Approval, Grant
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from proxy.store import APPROVED, EXECUTED, Approval, Store
+from proxy.records import APPROVED, EXECUTED, Approval
+from proxy.store import Store
 
 HISTORY_LENGTH = 5
 

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from proxy import tokens
 from proxy.people import People, Person
-from proxy.store import Store, WebSession, utcnow
+from proxy.records import utcnow
+from proxy.store import Store, WebSession
 from proxy.webjson import json_error, json_response
 
 log = logging.getLogger("signoff.signin")

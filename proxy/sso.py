@@ -18,8 +18,9 @@ from aiohttp import web
 from proxy import tokens
 from proxy.oidc import LOGIN_TTL, LoginState, OidcClient, OidcError, OidcUnavailable
 from proxy.people import People, Person
+from proxy.records import utcnow
 from proxy.signin import SignIn
-from proxy.store import Store, WebSession, utcnow
+from proxy.store import Store, WebSession
 
 log = logging.getLogger("signoff.sso")
 

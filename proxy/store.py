@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import JSON, Column, Index, case, delete, event, func, insert, inspect, or_, text, update
 from sqlalchemy.exc import IntegrityError
@@ -22,27 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from proxy.records import APPROVED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant, utcnow
 from proxy.secretfiles import make_private
 
 log = logging.getLogger("signoff.store")
 
-PENDING, APPROVED, DENIED, EXPIRED, WITHDRAWN, EXECUTED = (
-    "pending",
-    "approved",
-    "denied",
-    "expired",
-    "withdrawn",
-    "executed",
-)
 
+class ApprovalRow(SQLModel, table=True):
+    """The `approval` table: one row per `proxy.records.Approval`."""
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Approval(SQLModel, table=True):
-    """A call waiting for (or past) a human decision."""
-
+    __tablename__ = "approval"
     id: str = Field(primary_key=True)
     status: str = Field(default=PENDING, index=True)
     mode: str = "hold"  # hold: the call waits; pending: the agent calls again after approval
@@ -133,8 +123,8 @@ class AuditRecord(SQLModel, table=True):
     edited_hash: str | None = None  # the call ran with arguments an approver edited (schema version 3)
 
 
-class Grant(SQLModel, table=True):
-    """An approval for a while: the same identity, tool and `same` argument values run without asking."""
+class GrantRow(SQLModel, table=True):
+    """The `grant` table: one row per `proxy.records.Grant`."""
 
     __tablename__ = "grant"
     __table_args__ = (Index("ix_grant_lookup", "identity", "tool", "values_hash"),)
@@ -246,6 +236,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+APPROVAL_FIELDS = tuple(f.name for f in dataclasses.fields(Approval))
+GRANT_FIELDS = tuple(f.name for f in dataclasses.fields(Grant))
+
+
 class Store:
     """Async access to the tables; one per process."""
 
@@ -298,25 +292,25 @@ class Store:
 
     # -- approvals ---------------------------------------------------------------------------
 
-    async def add_approval(self, row: Approval) -> None:
+    async def add_approval(self, approval: Approval) -> None:
         async with self._writing(), self.sessions() as s:
-            s.add(row)
+            s.add(ApprovalRow(**_fields(approval)))
             await s.commit()
 
     async def approval(self, approval_id: str) -> Approval | None:
         async with self.sessions() as s:
-            return await s.get(Approval, approval_id)
+            return _approval(await s.get(ApprovalRow, approval_id))
 
     async def approvals(
         self, status: str | None = None, limit: int = 100, ids: Sequence[str] = ()
     ) -> list[Approval]:
         async with self.sessions() as s:
-            q = select(Approval).order_by(col(Approval.created_at).desc()).limit(limit)
+            q = select(ApprovalRow).order_by(col(ApprovalRow.created_at).desc()).limit(limit)
             if status is not None:
-                q = q.where(Approval.status == status)
+                q = q.where(ApprovalRow.status == status)
             if ids:
-                q = q.where(col(Approval.id).in_(list(ids)))
-            return list((await s.exec(q)).all())
+                q = q.where(col(ApprovalRow.id).in_(list(ids)))
+            return [_approval(row) for row in (await s.exec(q)).all()]
 
     async def transition(
         self, approval_id: str, from_status: str | Sequence[str], to_status: str, **values: Any
@@ -328,20 +322,20 @@ class Store:
         froms = [from_status] if isinstance(from_status, str) else list(from_status)
         async with self._writing(), self.sessions() as s:
             result = await s.exec(
-                update(Approval)
-                .where(col(Approval.id) == approval_id, col(Approval.status).in_(froms))
+                update(ApprovalRow)
+                .where(col(ApprovalRow.id) == approval_id, col(ApprovalRow.status).in_(froms))
                 .values(status=to_status, **values)
-                .returning(Approval)
+                .returning(ApprovalRow)
             )
             row = result.scalars().first()
             if row is not None and self.is_postgres:
                 await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
             await s.commit()
-            return row
+            return _approval(row)
 
     async def set_fields(self, approval_id: str, **values: Any) -> None:
         async with self._writing(), self.sessions() as s:
-            await s.exec(update(Approval).where(col(Approval.id) == approval_id).values(**values))
+            await s.exec(update(ApprovalRow).where(col(ApprovalRow.id) == approval_id).values(**values))
             await s.commit()
 
     async def vote(
@@ -364,7 +358,9 @@ class Store:
         async with self._writing(), self.sessions() as s:
             # Locks the row on PostgreSQL, so concurrent voters count each other's votes.
             status = (
-                await s.exec(select(Approval.status).where(Approval.id == approval_id).with_for_update())
+                await s.exec(
+                    select(ApprovalRow.status).where(ApprovalRow.id == approval_id).with_for_update()
+                )
             ).first()
             if status != PENDING:
                 await s.rollback()
@@ -398,18 +394,18 @@ class Store:
                     if granted is not None:
                         approve_values["grant_id"] = granted.id
                 result = await s.exec(
-                    update(Approval)
-                    .where(col(Approval.id) == approval_id, col(Approval.status) == PENDING)
+                    update(ApprovalRow)
+                    .where(col(ApprovalRow.id) == approval_id, col(ApprovalRow.status) == PENDING)
                     .values(decided_by=",".join(voters), **approve_values)
-                    .returning(Approval)
+                    .returning(ApprovalRow)
                 )
                 row = result.scalars().first()
                 if row is not None and granted is not None:
-                    s.add(granted)
+                    s.add(GrantRow(**_fields(granted)))
                 if row is not None and self.is_postgres:
                     await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
             await s.commit()
-            return count, row
+            return count, _approval(row)
 
     async def voters(self, approval_id: str) -> list[str]:
         async with self.sessions() as s:
@@ -422,12 +418,16 @@ class Store:
         """The newest approval for exactly this identity, tool and arguments (pending mode's call-again)."""
         async with self.sessions() as s:
             q = (
-                select(Approval)
-                .where(Approval.identity == identity, Approval.tool == tool, Approval.args_hash == args_hash)
-                .order_by(col(Approval.created_at).desc())
+                select(ApprovalRow)
+                .where(
+                    ApprovalRow.identity == identity,
+                    ApprovalRow.tool == tool,
+                    ApprovalRow.args_hash == args_hash,
+                )
+                .order_by(col(ApprovalRow.created_at).desc())
                 .limit(1)
             )
-            return (await s.exec(q)).first()
+            return _approval((await s.exec(q)).first())
 
     async def transition_granting(
         self, approval_id: str, from_status: str, to_status: str, grant: Grant, **values: Any
@@ -436,18 +436,18 @@ class Store:
         exists for a request someone else decided differently."""
         async with self._writing(), self.sessions() as s:
             result = await s.exec(
-                update(Approval)
-                .where(col(Approval.id) == approval_id, col(Approval.status) == from_status)
+                update(ApprovalRow)
+                .where(col(ApprovalRow.id) == approval_id, col(ApprovalRow.status) == from_status)
                 .values(status=to_status, grant_id=grant.id, **values)
-                .returning(Approval)
+                .returning(ApprovalRow)
             )
             row = result.scalars().first()
             if row is not None:
-                s.add(grant)
+                s.add(GrantRow(**_fields(grant)))
                 if self.is_postgres:
                     await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
             await s.commit()
-            return row
+            return _approval(row)
 
     # -- grants ------------------------------------------------------------------------------
 
@@ -458,57 +458,59 @@ class Store:
         current `max` (a policy that shortened it shortens the grants it gave)."""
         async with self.sessions() as s:
             q = (
-                select(Grant)
+                select(GrantRow)
                 .where(
-                    Grant.identity == identity,
-                    Grant.tool == tool,
-                    Grant.values_hash == values_hash,
-                    Grant.rule == rule,
-                    col(Grant.revoked_at).is_(None),
-                    col(Grant.expires_at) > now,
-                    col(Grant.created_at) > now - timedelta(seconds=longest),
+                    GrantRow.identity == identity,
+                    GrantRow.tool == tool,
+                    GrantRow.values_hash == values_hash,
+                    GrantRow.rule == rule,
+                    col(GrantRow.revoked_at).is_(None),
+                    col(GrantRow.expires_at) > now,
+                    col(GrantRow.created_at) > now - timedelta(seconds=longest),
                 )
-                .order_by(col(Grant.expires_at).desc())
+                .order_by(col(GrantRow.expires_at).desc())
                 .limit(1)
             )
-            return (await s.exec(q)).first()
+            return _grant((await s.exec(q)).first())
 
     async def grant(self, grant_id: str) -> Grant | None:
         async with self.sessions() as s:
-            return await s.get(Grant, grant_id)
+            return _grant(await s.get(GrantRow, grant_id))
 
     async def grants(self, *, live_at: datetime | None = None, limit: int = 100) -> list[Grant]:
         """Grants, newest first; with `live_at`, only those neither revoked nor expired then."""
         async with self.sessions() as s:
-            q = select(Grant).order_by(col(Grant.created_at).desc()).limit(limit)
+            q = select(GrantRow).order_by(col(GrantRow.created_at).desc()).limit(limit)
             if live_at is not None:
-                q = q.where(col(Grant.revoked_at).is_(None), col(Grant.expires_at) > live_at)
-            return list((await s.exec(q)).all())
+                q = q.where(col(GrantRow.revoked_at).is_(None), col(GrantRow.expires_at) > live_at)
+            return [_grant(row) for row in (await s.exec(q)).all()]
 
     async def revoke_grant(self, grant_id: str, by: str, now: datetime) -> Grant | None:
         """End a live grant at once; None when it is unknown, already revoked or already expired."""
         async with self._writing(), self.sessions() as s:
             result = await s.exec(
-                update(Grant)
+                update(GrantRow)
                 .where(
-                    col(Grant.id) == grant_id, col(Grant.revoked_at).is_(None), col(Grant.expires_at) > now
+                    col(GrantRow.id) == grant_id,
+                    col(GrantRow.revoked_at).is_(None),
+                    col(GrantRow.expires_at) > now,
                 )
                 .values(revoked_at=now, revoked_by=by)
-                .returning(Grant)
+                .returning(GrantRow)
             )
             row = result.scalars().first()
             await s.commit()
-            return row
+            return _grant(row)
 
     async def expire_overdue(self, now: datetime | None = None) -> list[str]:
         """Expire every pending approval past its deadline; returns the ids this call expired."""
         now = now or utcnow()
         async with self._writing(), self.sessions() as s:
             rows = await s.exec(
-                update(Approval)
-                .where(col(Approval.status) == PENDING, col(Approval.expires_at) <= now)
+                update(ApprovalRow)
+                .where(col(ApprovalRow.status) == PENDING, col(ApprovalRow.expires_at) <= now)
                 .values(status=EXPIRED, decided_at=now, decided_by="(timeout)")
-                .returning(col(Approval.id))
+                .returning(col(ApprovalRow.id))
             )
             ids = [r[0] for r in rows.all()]
             if ids and self.is_postgres:
@@ -522,23 +524,25 @@ class Store:
         now = utcnow()
         async with self._writing(), self.sessions() as s:
             rows = await s.exec(
-                update(Approval)
+                update(ApprovalRow)
                 .where(
                     # An approved hold request whose holder died before claiming it will never run either.
-                    col(Approval.status).in_([PENDING, APPROVED]),
-                    col(Approval.mode) == "hold",
-                    col(Approval.holder).not_in(list(live_instances)),
+                    col(ApprovalRow.status).in_([PENDING, APPROVED]),
+                    col(ApprovalRow.mode) == "hold",
+                    col(ApprovalRow.holder).not_in(list(live_instances)),
                 )
                 .values(
                     status=WITHDRAWN,
                     decision_reason=reason,
                     # Keep who approved (and when) on a request that was approved before its holder died.
-                    decided_at=case((col(Approval.status) == PENDING, now), else_=col(Approval.decided_at)),
+                    decided_at=case(
+                        (col(ApprovalRow.status) == PENDING, now), else_=col(ApprovalRow.decided_at)
+                    ),
                     decided_by=case(
-                        (col(Approval.status) == PENDING, "(restart)"), else_=col(Approval.decided_by)
+                        (col(ApprovalRow.status) == PENDING, "(restart)"), else_=col(ApprovalRow.decided_by)
                     ),
                 )
-                .returning(col(Approval.id))
+                .returning(col(ApprovalRow.id))
             )
             ids = [r[0] for r in rows.all()]
             await s.commit()
@@ -548,8 +552,8 @@ class Store:
         """(id, status) of this holder's approvals decided since `since` (SQLite's cross-process wake-up)."""
         async with self.sessions() as s:
             rows = await s.exec(
-                select(Approval.id, Approval.status).where(
-                    Approval.holder == holder, col(Approval.decided_at) >= since
+                select(ApprovalRow.id, ApprovalRow.status).where(
+                    ApprovalRow.holder == holder, col(ApprovalRow.decided_at) >= since
                 )
             )
             return [(r[0], r[1]) for r in rows.all()]
@@ -561,34 +565,36 @@ class Store:
         """
         async with self._writing(), self.sessions() as s:
             result = await s.exec(
-                update(Approval)
+                update(ApprovalRow)
                 .where(
-                    col(Approval.id) == approval_id,
-                    col(Approval.status) == PENDING,
-                    col(Approval.escalated_at).is_(None),
+                    col(ApprovalRow.id) == approval_id,
+                    col(ApprovalRow.status) == PENDING,
+                    col(ApprovalRow.escalated_at).is_(None),
                 )
                 .values(escalated_at=now)
-                .returning(Approval)
+                .returning(ApprovalRow)
             )
             row = result.scalars().first()
             await s.commit()
-            return row
+            return _approval(row)
 
     async def escalations_waiting(self, due_by: datetime | None = None) -> list[tuple[str, datetime]]:
         """(id, escalate_at) of pending requests that will escalate and have not yet (due by `due_by`)."""
         async with self.sessions() as s:
-            q = select(Approval.id, Approval.escalate_at).where(
-                Approval.status == PENDING,
-                col(Approval.escalate_at).is_not(None),
-                col(Approval.escalated_at).is_(None),
+            q = select(ApprovalRow.id, ApprovalRow.escalate_at).where(
+                ApprovalRow.status == PENDING,
+                col(ApprovalRow.escalate_at).is_not(None),
+                col(ApprovalRow.escalated_at).is_(None),
             )
             if due_by is not None:
-                q = q.where(col(Approval.escalate_at) <= due_by)
+                q = q.where(col(ApprovalRow.escalate_at) <= due_by)
             return [(r[0], r[1]) for r in (await s.exec(q)).all() if r[1] is not None]
 
     async def pending_ids(self) -> list[tuple[str, datetime]]:
         async with self.sessions() as s:
-            rows = await s.exec(select(Approval.id, Approval.expires_at).where(Approval.status == PENDING))
+            rows = await s.exec(
+                select(ApprovalRow.id, ApprovalRow.expires_at).where(ApprovalRow.status == PENDING)
+            )
             return [(r[0], r[1]) for r in rows.all()]
 
     async def recent_decisions(
@@ -597,17 +603,17 @@ class Store:
         """The latest decided requests of `identity` for `tool`, newest first (the request's history)."""
         async with self.sessions() as s:
             q = (
-                select(Approval)
+                select(ApprovalRow)
                 .where(
-                    Approval.identity == identity,
-                    Approval.tool == tool,
-                    Approval.status != PENDING,
-                    Approval.id != exclude,
+                    ApprovalRow.identity == identity,
+                    ApprovalRow.tool == tool,
+                    ApprovalRow.status != PENDING,
+                    ApprovalRow.id != exclude,
                 )
-                .order_by(col(Approval.created_at).desc())
+                .order_by(col(ApprovalRow.created_at).desc())
                 .limit(limit)
             )
-            return list((await s.exec(q)).all())
+            return [_approval(row) for row in (await s.exec(q)).all()]
 
     # -- tool pins ---------------------------------------------------------------------------
 
@@ -765,8 +771,8 @@ class Store:
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start : start + 500])
                 rows = await s.exec(
-                    select(Approval.id, Approval.status).where(
-                        col(Approval.id).in_(chunk), Approval.status != PENDING
+                    select(ApprovalRow.id, ApprovalRow.status).where(
+                        col(ApprovalRow.id).in_(chunk), ApprovalRow.status != PENDING
                     )
                 )
                 out += [(r[0], r[1]) for r in rows.all()]
@@ -854,6 +860,29 @@ _AUDIT_DEFAULTS = {
     "grant_id": None,
     "edited_hash": None,
 }
+
+
+def _fields(record: Approval | Grant) -> dict[str, Any]:
+    """A record's fields by name, to build its row (shallow: the row is written and dropped)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
+@overload
+def _approval(row: ApprovalRow) -> Approval: ...
+@overload
+def _approval(row: ApprovalRow | None) -> Approval | None: ...
+def _approval(row: ApprovalRow | None) -> Approval | None:
+    """The plain record of an `approval` row."""
+    return None if row is None else Approval(**{name: getattr(row, name) for name in APPROVAL_FIELDS})
+
+
+@overload
+def _grant(row: GrantRow) -> Grant: ...
+@overload
+def _grant(row: GrantRow | None) -> Grant | None: ...
+def _grant(row: GrantRow | None) -> Grant | None:
+    """The plain record of a `grant` row."""
+    return None if row is None else Grant(**{name: getattr(row, name) for name in GRANT_FIELDS})
 
 
 def _audit_row(fields: dict[str, Any]) -> dict[str, Any]:

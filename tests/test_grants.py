@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from sqlalchemy import text
 from sqlmodel import SQLModel
 
 from bot import blocks
-from proxy.store import MIGRATIONS, Approval, Grant, Store, utcnow
+from proxy.records import Approval, Grant, utcnow
+from proxy.store import MIGRATIONS, GrantRow, Store
 from tests.conftest import Admin, executions, person_token
 from tests.fakeslack import SIGNING_SECRET, FakeSlack, block_action_payload, post_signed
 from tests.procs import ROOT, SIGNOFF, running_gateway
@@ -71,7 +73,9 @@ async def listed(admin: Admin, what: str) -> list[dict[str, Any]]:
 
 
 async def delete(client: Client, name: str, **args: Any) -> Any:
-    return await asyncio.wait_for(client.call_tool("delete_thing", {"name": name, **args}), 15)
+    # A guard against a hang, not a time limit: a held call here waits for CLI runs (~2 s each
+    # on a loaded machine), and the guard expiring cancels the call, which withdraws it.
+    return await asyncio.wait_for(client.call_tool("delete_thing", {"name": name, **args}), 90)
 
 
 async def test_approving_for_a_while_lets_the_same_calls_run_without_asking(
@@ -424,7 +428,7 @@ async def test_migration_3_brings_an_older_database_up_to_grants_and_edits(db_ur
             approval_id="apr_1",
         )
         async with store.sessions() as s:
-            s.add(grant)
+            s.add(GrantRow(**asdict(grant)))
             await s.commit()
         assert (await store.live_grant("agent", "delete_thing", "", "v", utcnow(), 60.0)) is not None
         await store.write_audit(

@@ -28,7 +28,8 @@ from proxy.escalation import trigger_event
 from proxy.pagerduty import PagerDuty
 from proxy.people import People
 from proxy.policy import PolicyError, native_spec
-from proxy.store import MIGRATIONS, Approval, Store, utcnow
+from proxy.records import Approval, utcnow
+from proxy.store import MIGRATIONS, Store
 from tests.conftest import DECISION, PEOPLE, Admin, executions, gateway_config
 from tests.fakepagerduty import API_TOKEN, ROUTING_KEY, FakePagerDuty
 from tests.fakeslack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, block_action_payload, post_signed

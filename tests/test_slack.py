@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from mcp.shared.exceptions import MCPError
 from bot import blocks
 from bot.slack import SlackChannel, SlackStartError, SlackUnavailable, create_channel
 from proxy.approvals import ClickResult
-from proxy.store import Approval
+from proxy.records import Approval
 from tests.conftest import executions, stdio_echo
 from tests.fakeslack import (
     APP_TOKEN,
@@ -564,9 +565,7 @@ async def test_an_update_racing_the_post_waits_for_its_message(fake: FakeSlack) 
     posting = asyncio.create_task(channel.post(approval))
     await fake.wait_for("chat.postMessage")
     # Decided before `post` returned (so before the broker stored channel/ts): the update still lands.
-    decided = approval.model_copy(
-        update={"status": "denied", "decided_by": "U_BOB", "decided_at": datetime.now(UTC)}
-    )
+    decided = replace(approval, status="denied", decided_by="U_BOB", decided_at=datetime.now(UTC))
     await channel.update(decided, [])
     channel_id, ts = await posting
     assert "Denied* by <@U_BOB>" in all_text(fake.message(channel_id, ts))

@@ -23,10 +23,10 @@ from proxy.calls import ToolCall
 from proxy.identity import Identity
 from proxy.policies import PolicySet
 from proxy.policy import Decision
+from proxy.records import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant, utcnow
 from proxy.results import META_KEY, Refused, refusal
 from proxy.risk import call_risk, explain
 from proxy.stages import Next
-from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant, utcnow
 
 log = logging.getLogger("signoff.pipeline")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from bot import blocks
 from proxy.history import PastDecision
-from proxy.store import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval
+from proxy.records import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval
 
 GOLDEN = Path(__file__).parent / "golden"
 CREATED = datetime(2025, 6, 1, 14, 0, tzinfo=UTC)
@@ -329,7 +330,7 @@ def everything(a: Approval, voters: list[str]) -> list[tuple[str, dict[str, Any]
         ("outcome", blocks.outcome_reply(a, "tool_error", json.dumps(a.arguments)[:5000])),
     ]
     for status in (APPROVED, DENIED, EXPIRED, WITHDRAWN):
-        final = a.model_copy(update={"status": status, "decided_at": NOW})
+        final = replace(a, status=status, decided_at=NOW)
         out.append((status, blocks.decided_message(final, voters)))
     return out
 
