@@ -31,7 +31,7 @@ from proxy.context import after_click, ask_again, context_json, same_state
 from proxy.escalation import Escalation
 from proxy.pagerduty import PagerDuty
 from proxy.people import Person
-from proxy.policy import ApprovalSpec, Decision
+from proxy.policy_spec import ApprovalSpec, Decision
 from proxy.records import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant, utcnow
 from proxy.redact import display_mask
 from proxy.store import Store

@@ -25,7 +25,7 @@ from typing import Any
 from proxy.audit import AuditLog
 from proxy.calls import UpstreamError, UpstreamErrorReply
 from proxy.naming import Names
-from proxy.policy import PLACEHOLDER, ContextProbe, parse_path
+from proxy.policy_spec import PLACEHOLDER, ContextProbe, parse_path
 from proxy.records import Approval, utcnow
 from proxy.redact import display_mask, redact_text
 from proxy.risk import classify

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.policy import Decision
+from proxy.policy_spec import Decision
 
 # `display_mask`'s label for a secret: U+2039 kind, N chars U+203A.
 _MASK = re.compile("\u2039[^\u2039\u203a]{1,80}, \\d+ chars?\u203a")

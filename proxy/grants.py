@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from proxy.duration import parse_duration
-from proxy.policy import GrantSpec, parse_path
+from proxy.policy_spec import GrantSpec, parse_path
 from proxy.records import Approval, Grant
 from proxy.redact import display_mask
 

@@ -18,7 +18,8 @@ from typing import Any
 from proxy.config import Config, ConfigError, read_document
 from proxy.identity import Identity
 from proxy.naming import Names
-from proxy.policy import ApprovalSpec, CompiledPolicy, Decision, PolicyError, compile_policy, matches_any
+from proxy.policy import CompiledPolicy, compile_policy, matches_any
+from proxy.policy_spec import ApprovalSpec, Decision, PolicyError
 
 log = logging.getLogger("signoff.policy")
 

@@ -1,10 +1,11 @@
 """PolicyLayer's two policy formats, converted to signoff's normalised policy so both load unchanged.
 
 Both formats name tools exactly (no globs); the caller passes whichever name the policy should see.
-Each is turned into an ordered list of :class:`proxy.policy.RuleSpec` that the one evaluator runs:
-first every check that can deny (in the file's order), then rate limits (non-terminal), then approvals,
-then one ``allow`` rule per listed tool; the default decides the rest. Putting the denials first keeps
-PolicyLayer's meaning, "every rule must pass", inside signoff's first-match evaluation.
+Each is turned into an ordered list of :class:`proxy.policy_spec.RuleSpec` that the one evaluator
+(`proxy.policy`) runs: first every check that can deny (in the file's order), then rate limits
+(non-terminal), then approvals, then one ``allow`` rule per listed tool; the default decides the
+rest. Putting the denials first keeps PolicyLayer's meaning, "every rule must pass", inside signoff's
+first-match evaluation.
 
 Hosted gateway ``policy.json`` (``source_format = "policylayer-json"``):
 
@@ -42,7 +43,7 @@ from dataclasses import replace
 from typing import Any
 
 from proxy.duration import parse_duration
-from proxy.policy import (
+from proxy.policy_spec import (
     DEFAULT_APPROVAL,
     OPS,
     ConditionSpec,

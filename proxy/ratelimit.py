@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from proxy.identity import Identity
-from proxy.policy import RateLimit
+from proxy.policy_spec import RateLimit
 
 _MIN_RETRY = 0.001  # retry_after is always > 0, even when float rounding says the slot is free now
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from proxy.policy import parse_path
+from proxy.policy_spec import parse_path
 
 Risk = Literal["read", "write", "destructive"]
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from proxy.naming import Names
-from proxy.policy import glob_escape
+from proxy.policy_spec import glob_escape
 from proxy.risk import Classification, explain
 
 Listing = Mapping[str, Sequence[Mapping[str, Any]] | str]  # upstream -> its tools, or why none were listed

@@ -27,7 +27,8 @@ from proxy.config import ApproverGroupConfig, ConfigError, PagerDutyConfig, Pers
 from proxy.escalation import trigger_event
 from proxy.pagerduty import PagerDuty
 from proxy.people import People
-from proxy.policy import PolicyError, native_spec
+from proxy.policy_native import native_spec
+from proxy.policy_spec import PolicyError
 from proxy.records import Approval, utcnow
 from proxy.store import MIGRATIONS, Store
 from tests.conftest import DECISION, PEOPLE, Admin, executions, gateway_config

@@ -22,7 +22,7 @@ from proxy.approvals import ApprovalUnavailable, Broker, Outcome, arguments_hash
 from proxy.calls import ToolCall
 from proxy.identity import Identity
 from proxy.policies import PolicySet
-from proxy.policy import Decision
+from proxy.policy_spec import Decision
 from proxy.records import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant, utcnow
 from proxy.results import META_KEY, Refused, refusal
 from proxy.risk import call_risk, explain

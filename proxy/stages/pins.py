@@ -8,7 +8,7 @@ from typing import Any
 from proxy.calls import ToolCall, UnknownTool
 from proxy.pins import CHANGED_RULE, ToolPins
 from proxy.policies import PolicySet
-from proxy.policy import Decision
+from proxy.policy_spec import Decision
 from proxy.stages import Next
 
 WHY = (

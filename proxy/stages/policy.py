@@ -6,7 +6,7 @@ from typing import Any
 
 from proxy.calls import ToolCall, UnknownTool
 from proxy.policies import PolicySet, Verdict
-from proxy.policy import Decision
+from proxy.policy_spec import Decision
 from proxy.results import Refused, refusal
 from proxy.stages import Next
 

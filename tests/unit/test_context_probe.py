@@ -1,4 +1,4 @@
-"""Context probes' pure parts (proxy/context.py) and their policy syntax (proxy/policy.py)."""
+"""Context probes' pure parts (proxy/context.py) and their policy syntax (proxy/policy_native.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from proxy.context import (
     summary,
 )
 from proxy.identity import Identity
-from proxy.policy import ContextProbe, PolicyError, compile_policy
+from proxy.policy import compile_policy
+from proxy.policy_spec import ContextProbe, PolicyError
 
 CALL = {"job_id": "job-7f3a", "endpoint_id": "ep-1", "spec": {"target": {"id": 42}}, "ids": ["a", "b"]}
 

@@ -15,7 +15,8 @@ import pytest
 from bot import blocks
 from proxy import edits, grants
 from proxy.identity import Identity
-from proxy.policy import Decision, GrantSpec, PolicyError, compile_policy
+from proxy.policy import compile_policy
+from proxy.policy_spec import Decision, GrantSpec, PolicyError
 from proxy.records import APPROVED, EXECUTED, Grant
 from proxy.redact import display_mask
 from tests.unit.test_blocks import CREATED, GOLDEN, NOW, approval, check_limits, decided

@@ -9,15 +9,8 @@ import yaml
 
 from proxy.duration import parse_duration
 from proxy.identity import ANONYMOUS, Identity
-from proxy.policy import (
-    ApprovalSpec,
-    CompiledPolicy,
-    Decision,
-    PolicyError,
-    RateLimit,
-    compile_policy,
-    parse_path,
-)
+from proxy.policy import CompiledPolicy, compile_policy
+from proxy.policy_spec import ApprovalSpec, Decision, PolicyError, RateLimit, parse_path
 
 ALICE = Identity("alice", frozenset({"oncall", "sre"}))
 BOT = Identity("ci-bot", frozenset({"agents"}))

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.identity import Identity
-from proxy.policy import compile_policy, glob_escape
+from proxy.policy import compile_policy
+from proxy.policy_spec import glob_escape
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from proxy.identity import Identity
-from proxy.policy import CompiledPolicy, Decision, PolicyError, RateLimit, compile_policy
+from proxy.policy import CompiledPolicy, compile_policy
+from proxy.policy_spec import Decision, PolicyError, RateLimit
 
 ME = Identity("alice", frozenset({"oncall"}))
 

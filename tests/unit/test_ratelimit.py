@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.identity import Identity
-from proxy.policy import RateLimit
+from proxy.policy_spec import RateLimit
 from proxy.ratelimit import MemoryRateLimiter, check_limits, limit_key, release_limits
 
 ALICE = Identity("alice")

@@ -13,7 +13,7 @@ from proxy.config import Config
 from proxy.identity import ANONYMOUS
 from proxy.naming import Names
 from proxy.policies import PolicySet
-from proxy.policy import Decision
+from proxy.policy_spec import Decision
 from proxy.risk import classify
 from proxy.starter import starter_policy
 
