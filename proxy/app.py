@@ -167,7 +167,7 @@ class App:
             self._single_sign_on(config)
         self._http: _Uvicorn | None = None
         self._session_manager: Any = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()  # cancelled at stop
         self.stopping = asyncio.Event()
         self.listen_port = config.listen.port
         self.front = "http"
@@ -273,7 +273,7 @@ class App:
         if self.audit is not None:
             self.audit.start()
         self.policies.start()
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._spawn(self._housekeeping())
         # Never a token here: clients write a stdio server's stderr into their own log files.
         log.info(
             "approvals page: %s (sign in with your own token or single sign-on; "
@@ -283,7 +283,7 @@ class App:
         if wait_for_upstreams:
             await self.wait_for_upstreams()
         else:
-            self.gateway._background(self.wait_for_upstreams())
+            self._spawn(self.wait_for_upstreams())
 
     async def wait_for_upstreams(self) -> None:
         """Wait (bounded) for every upstream to connect, then load its tool catalog."""
@@ -313,11 +313,18 @@ class App:
                 where,
             )
 
+    def _spawn(self, coro: Any) -> None:
+        """Run `coro` alongside the gateway; it is cancelled when the gateway stops."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
         """Withdraw held calls, flush the audit log, close everything."""
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.broker.stop()
@@ -360,7 +367,7 @@ class App:
                 if tick % 120 == 0:
                     for down in list(self.gateway.sessions):
                         await down.reap_idle(self.config.private_link_idle)
-                    self.metrics.pending_approvals.set(len(self.broker.held))
+                    self.metrics.pending_approvals.set(self.broker.held_here)
             except Exception as e:
                 log.warning("housekeeping failed (will retry): %s", e)
 
@@ -382,9 +389,7 @@ class App:
         return [r.instance for r in replicas if r.host != host or r.pid == os.getpid() or _pid_alive(r.pid)]
 
     async def _session_closed(self, down: Downstream) -> None:
-        for approval_id, held in list(self.broker.held.items()):
-            if held.approval.session_id == down.id:
-                await self.broker.withdraw(approval_id, AGENT_GONE)
+        await self.broker.withdraw_session(down.id, AGENT_GONE)
 
     def _would_hold(self, identity: Identity, upstream: str, tool: str, arguments: dict[str, Any]) -> bool:
         """Whether a call would wait for a human: by the policy, its annotations, or a changed definition."""
@@ -403,7 +408,7 @@ class App:
             log.warning("could not check the tools of %s against their pins: %s", upstream, e)
 
     def _policy_changed(self) -> None:
-        self.gateway._background(self.gateway.notify_tools_changed())
+        self._spawn(self.gateway.notify_tools_changed())
 
     def audit_event(
         self,
@@ -538,7 +543,7 @@ class App:
         for name, up in self.upstreams.items():
             self.metrics.upstream_up.labels(name).set(1 if up.shared.state == "up" else 0)
             self.metrics.upstream_restarts.labels(name).set(up.shared.restarts)
-        self.metrics.pending_approvals.set(len(self.broker.held))
+        self.metrics.pending_approvals.set(self.broker.held_here)
         return self.metrics.render()
 
 

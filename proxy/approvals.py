@@ -552,6 +552,17 @@ class Broker:
         for held in list(self.held.values()):
             await self.withdraw(held.approval.id, reason)
 
+    async def withdraw_session(self, session_id: str, reason: str) -> None:
+        """Withdraw the calls this process holds for a client session that has ended."""
+        for approval_id, held in list(self.held.items()):
+            if held.approval.session_id == session_id:
+                await self.withdraw(approval_id, reason)
+
+    @property
+    def held_here(self) -> int:
+        """How many calls this process holds for a decision."""
+        return len(self.held)
+
     async def abandoned(self, call_id: str) -> None:
         """The client of a call left without a word: withdraw the request it waits on, if any."""
         for approval_id, held in list(self.held.items()):
