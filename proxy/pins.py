@@ -24,7 +24,8 @@ from typing import Any
 import orjson
 
 from proxy.naming import Names
-from proxy.store import Store, ToolPin
+from proxy.records import ToolPin
+from proxy.store import Store
 
 log = logging.getLogger("signoff.pins")
 

@@ -1,4 +1,4 @@
-"""The plain records the core passes around: an approval request and a grant.
+"""The plain records the core passes around: an approval request, a grant, a tool pin, an audit record.
 
 Dataclasses, not database rows: the pipeline, the channels and the Block Kit renderer use these
 without knowing there is a database; `proxy.store` maps them to its tables.
@@ -96,3 +96,46 @@ class Grant:
     revoked_at: datetime | None = None
     revoked_by: str | None = None
     approval_id: str
+
+
+@dataclass(kw_only=True, slots=True)
+class ToolPin:
+    """An upstream tool's definition as first seen (or last accepted), and a change awaiting an admin."""
+
+    upstream: str
+    tool: str  # the upstream's own name
+    definition: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
+    pinned_at: datetime = field(default_factory=utcnow)
+    pinned_by: str = "(first seen)"
+    # The definition the upstream serves now, when it differs from the pinned one (not yet accepted).
+    pending: dict[str, Any] | None = None
+    pending_digest: str | None = None
+    pending_at: datetime | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class AuditRecord:
+    """One tools/call (or an event about a request), whatever became of it, as read back."""
+
+    id: int | None = None
+    at: datetime = field(default_factory=utcnow)
+    call_id: str
+    identity: str
+    session_id: str = ""
+    client_name: str | None = None
+    upstream: str = ""
+    tool: str
+    arguments: dict[str, Any] = field(default_factory=dict)  # redacted, long strings cut
+    decision: str  # allow / deny / require_approval / rate_limited / hidden / unknown / an event
+    enforced: bool = True  # False in shadow mode
+    rule: str | None = None
+    approval_id: str | None = None
+    approvers: str | None = None  # who decided (comma separated)
+    reason: str | None = None
+    latency_ms: float = 0.0
+    outcome: str = ""  # ok / tool_error / denied / expired / upstream_unavailable / …
+    replica: str = ""
+    policy_revision: str = ""
+    grant_id: str | None = None  # the call ran under this grant, without asking
+    edited_hash: str | None = None  # the call ran with arguments an approver edited

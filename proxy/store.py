@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Column, Index, case, delete, event, func, insert, inspect, or_, text, update
 from sqlalchemy.exc import IntegrityError
@@ -23,10 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from proxy.records import APPROVED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant, utcnow
+from proxy.records import APPROVED, EXPIRED, PENDING, WITHDRAWN, Approval, AuditRecord, Grant, ToolPin, utcnow
 from proxy.secretfiles import make_private
 
 log = logging.getLogger("signoff.store")
+
+R = TypeVar("R")
 
 
 class ApprovalRow(SQLModel, table=True):
@@ -96,8 +98,8 @@ class Vote(SQLModel, table=True):
     grant_for: float | None = None  # seconds: this approver approved for a while (schema version 3)
 
 
-class AuditRecord(SQLModel, table=True):
-    """One tools/call, whatever became of it."""
+class AuditRow(SQLModel, table=True):
+    """The `audit` table: one row per `proxy.records.AuditRecord`."""
 
     __tablename__ = "audit"
     id: int | None = Field(default=None, primary_key=True)
@@ -180,8 +182,8 @@ class WebSession(SQLModel, table=True):
     seen_at: datetime = Field(default_factory=utcnow, index=True)
 
 
-class ToolPin(SQLModel, table=True):
-    """An upstream tool's definition as first seen (or last accepted), and a change awaiting an admin."""
+class ToolPinRow(SQLModel, table=True):
+    """The `tool_pin` table: one row per `proxy.records.ToolPin`."""
 
     __tablename__ = "tool_pin"
     upstream: str = Field(primary_key=True)
@@ -234,10 +236,6 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (4, ["ALTER TABLE approval ADD COLUMN context JSON"]),  # the context probe's answer (proxy.context)
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-
-APPROVAL_FIELDS = tuple(f.name for f in dataclasses.fields(Approval))
-GRANT_FIELDS = tuple(f.name for f in dataclasses.fields(Grant))
 
 
 class Store:
@@ -299,7 +297,7 @@ class Store:
 
     async def approval(self, approval_id: str) -> Approval | None:
         async with self.sessions() as s:
-            return _approval(await s.get(ApprovalRow, approval_id))
+            return _optional(Approval, await s.get(ApprovalRow, approval_id))
 
     async def approvals(
         self, status: str | None = None, limit: int = 100, ids: Sequence[str] = ()
@@ -310,7 +308,7 @@ class Store:
                 q = q.where(ApprovalRow.status == status)
             if ids:
                 q = q.where(col(ApprovalRow.id).in_(list(ids)))
-            return [_approval(row) for row in (await s.exec(q)).all()]
+            return [_record(Approval, row) for row in (await s.exec(q)).all()]
 
     async def transition(
         self, approval_id: str, from_status: str | Sequence[str], to_status: str, **values: Any
@@ -331,7 +329,7 @@ class Store:
             if row is not None and self.is_postgres:
                 await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
             await s.commit()
-            return _approval(row)
+            return _optional(Approval, row)
 
     async def set_fields(self, approval_id: str, **values: Any) -> None:
         async with self._writing(), self.sessions() as s:
@@ -405,7 +403,7 @@ class Store:
                 if row is not None and self.is_postgres:
                     await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
             await s.commit()
-            return count, _approval(row)
+            return count, _optional(Approval, row)
 
     async def voters(self, approval_id: str) -> list[str]:
         async with self.sessions() as s:
@@ -427,7 +425,7 @@ class Store:
                 .order_by(col(ApprovalRow.created_at).desc())
                 .limit(1)
             )
-            return _approval((await s.exec(q)).first())
+            return _optional(Approval, (await s.exec(q)).first())
 
     async def transition_granting(
         self, approval_id: str, from_status: str, to_status: str, grant: Grant, **values: Any
@@ -447,7 +445,7 @@ class Store:
                 if self.is_postgres:
                     await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
             await s.commit()
-            return _approval(row)
+            return _optional(Approval, row)
 
     # -- grants ------------------------------------------------------------------------------
 
@@ -471,11 +469,11 @@ class Store:
                 .order_by(col(GrantRow.expires_at).desc())
                 .limit(1)
             )
-            return _grant((await s.exec(q)).first())
+            return _optional(Grant, (await s.exec(q)).first())
 
     async def grant(self, grant_id: str) -> Grant | None:
         async with self.sessions() as s:
-            return _grant(await s.get(GrantRow, grant_id))
+            return _optional(Grant, await s.get(GrantRow, grant_id))
 
     async def grants(self, *, live_at: datetime | None = None, limit: int = 100) -> list[Grant]:
         """Grants, newest first; with `live_at`, only those neither revoked nor expired then."""
@@ -483,7 +481,7 @@ class Store:
             q = select(GrantRow).order_by(col(GrantRow.created_at).desc()).limit(limit)
             if live_at is not None:
                 q = q.where(col(GrantRow.revoked_at).is_(None), col(GrantRow.expires_at) > live_at)
-            return [_grant(row) for row in (await s.exec(q)).all()]
+            return [_record(Grant, row) for row in (await s.exec(q)).all()]
 
     async def revoke_grant(self, grant_id: str, by: str, now: datetime) -> Grant | None:
         """End a live grant at once; None when it is unknown, already revoked or already expired."""
@@ -500,7 +498,7 @@ class Store:
             )
             row = result.scalars().first()
             await s.commit()
-            return _grant(row)
+            return _optional(Grant, row)
 
     async def expire_overdue(self, now: datetime | None = None) -> list[str]:
         """Expire every pending approval past its deadline; returns the ids this call expired."""
@@ -576,7 +574,7 @@ class Store:
             )
             row = result.scalars().first()
             await s.commit()
-            return _approval(row)
+            return _optional(Approval, row)
 
     async def escalations_waiting(self, due_by: datetime | None = None) -> list[tuple[str, datetime]]:
         """(id, escalate_at) of pending requests that will escalate and have not yet (due by `due_by`)."""
@@ -613,16 +611,16 @@ class Store:
                 .order_by(col(ApprovalRow.created_at).desc())
                 .limit(limit)
             )
-            return [_approval(row) for row in (await s.exec(q)).all()]
+            return [_record(Approval, row) for row in (await s.exec(q)).all()]
 
     # -- tool pins ---------------------------------------------------------------------------
 
     async def tool_pins(self, upstream: str | None = None) -> list[ToolPin]:
         async with self.sessions() as s:
-            q = select(ToolPin).order_by(col(ToolPin.upstream), col(ToolPin.tool))
+            q = select(ToolPinRow).order_by(col(ToolPinRow.upstream), col(ToolPinRow.tool))
             if upstream is not None:
-                q = q.where(ToolPin.upstream == upstream)
-            return list((await s.exec(q)).all())
+                q = q.where(ToolPinRow.upstream == upstream)
+            return [_record(ToolPin, row) for row in (await s.exec(q)).all()]
 
     async def add_tool_pins(self, pins: Sequence[ToolPin]) -> None:
         """Pin tools seen for the first time; a pin another process wrote meanwhile stays as it is."""
@@ -635,8 +633,8 @@ class Store:
             async with self._writing(), self.sessions() as s:
                 with s.no_autoflush:
                     for pin in ordered:
-                        if await s.get(ToolPin, (pin.upstream, pin.tool)) is None:
-                            s.add(ToolPin.model_validate(pin.model_dump()))
+                        if await s.get(ToolPinRow, (pin.upstream, pin.tool)) is None:
+                            s.add(ToolPinRow(**_fields(pin)))
                 try:
                     await s.commit()
                     return
@@ -649,12 +647,12 @@ class Store:
         """Record that `tool` differs from its pin; True only for the first process to notice the change."""
         async with self._writing(), self.sessions() as s:
             result = await s.exec(
-                update(ToolPin)
+                update(ToolPinRow)
                 .where(
-                    col(ToolPin.upstream) == upstream,
-                    col(ToolPin.tool) == tool,
-                    col(ToolPin.digest) != digest,
-                    or_(col(ToolPin.pending_digest).is_(None), col(ToolPin.pending_digest) != digest),
+                    col(ToolPinRow.upstream) == upstream,
+                    col(ToolPinRow.tool) == tool,
+                    col(ToolPinRow.digest) != digest,
+                    or_(col(ToolPinRow.pending_digest).is_(None), col(ToolPinRow.pending_digest) != digest),
                 )
                 .values(pending=definition, pending_digest=digest, pending_at=utcnow())
             )
@@ -665,11 +663,11 @@ class Store:
         """The upstream serves the pinned definition again: nothing is waiting for an admin."""
         async with self._writing(), self.sessions() as s:
             await s.exec(
-                update(ToolPin)
+                update(ToolPinRow)
                 .where(
-                    col(ToolPin.upstream) == upstream,
-                    col(ToolPin.tool) == tool,
-                    col(ToolPin.pending_digest).is_not(None),
+                    col(ToolPinRow.upstream) == upstream,
+                    col(ToolPinRow.tool) == tool,
+                    col(ToolPinRow.pending_digest).is_not(None),
                 )
                 .values(pending=None, pending_digest=None, pending_at=None)
             )
@@ -679,26 +677,26 @@ class Store:
         """Pin the changed definition `digest`; None when that is not the change waiting for `tool`."""
         async with self._writing(), self.sessions() as s:
             result = await s.exec(
-                update(ToolPin)
+                update(ToolPinRow)
                 .where(
-                    col(ToolPin.upstream) == upstream,
-                    col(ToolPin.tool) == tool,
-                    col(ToolPin.pending_digest) == digest,
+                    col(ToolPinRow.upstream) == upstream,
+                    col(ToolPinRow.tool) == tool,
+                    col(ToolPinRow.pending_digest) == digest,
                 )
                 .values(
-                    definition=col(ToolPin.pending),
-                    digest=col(ToolPin.pending_digest),
+                    definition=col(ToolPinRow.pending),
+                    digest=col(ToolPinRow.pending_digest),
                     pinned_at=utcnow(),
                     pinned_by=by,
                     pending=None,
                     pending_digest=None,
                     pending_at=None,
                 )
-                .returning(ToolPin)
+                .returning(ToolPinRow)
             )
             row = result.scalars().first()
             await s.commit()
-            return row
+            return _optional(ToolPin, row)
 
     # -- page sign-ins -----------------------------------------------------------------------
 
@@ -734,7 +732,7 @@ class Store:
     async def write_audit(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert audit rows in one statement: Core executemany on a connection, no ORM session."""
         async with self._writing(), self.engine.begin() as conn:
-            await conn.execute(insert(AuditRecord.__table__), [_audit_row(r) for r in rows])  # type: ignore[attr-defined]
+            await conn.execute(insert(AuditRow.__table__), [_audit_row(r) for r in rows])  # type: ignore[attr-defined]
 
     async def audit(
         self,
@@ -748,21 +746,21 @@ class Store:
         limit: int = 1000,
     ) -> list[AuditRecord]:
         async with self.sessions() as s:
-            q = select(AuditRecord)
+            q = select(AuditRow)
             if since is not None:
-                q = q.where(AuditRecord.at >= since)
+                q = q.where(AuditRow.at >= since)
             if until is not None:
-                q = q.where(AuditRecord.at <= until)
+                q = q.where(AuditRow.at <= until)
             if identity:
-                q = q.where(AuditRecord.identity == identity)
+                q = q.where(AuditRow.identity == identity)
             if tool:
-                q = q.where(col(AuditRecord.tool).like(tool.replace("*", "%")))
+                q = q.where(col(AuditRow.tool).like(tool.replace("*", "%")))
             if decision:
-                q = q.where(AuditRecord.decision == decision)
+                q = q.where(AuditRow.decision == decision)
             if outcome:
-                q = q.where(AuditRecord.outcome == outcome)
-            q = q.order_by(col(AuditRecord.id).desc()).limit(limit)
-            return list(reversed((await s.exec(q)).all()))
+                q = q.where(AuditRow.outcome == outcome)
+            q = q.order_by(col(AuditRow.id).desc()).limit(limit)
+            return [_record(AuditRecord, row) for row in reversed((await s.exec(q)).all())]
 
     async def decided_among(self, ids: Sequence[str]) -> list[tuple[str, str]]:
         """(id, status) of the given approvals that are no longer pending."""
@@ -862,27 +860,18 @@ _AUDIT_DEFAULTS = {
 }
 
 
-def _fields(record: Approval | Grant) -> dict[str, Any]:
+def _fields(record: Approval | Grant | ToolPin) -> dict[str, Any]:
     """A record's fields by name, to build its row (shallow: the row is written and dropped)."""
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
-@overload
-def _approval(row: ApprovalRow) -> Approval: ...
-@overload
-def _approval(row: ApprovalRow | None) -> Approval | None: ...
-def _approval(row: ApprovalRow | None) -> Approval | None:
-    """The plain record of an `approval` row."""
-    return None if row is None else Approval(**{name: getattr(row, name) for name in APPROVAL_FIELDS})
+def _record(kind: type[R], row: SQLModel) -> R:
+    """The plain record of a row (a table and its record have the same fields: tests/unit check it)."""
+    return kind(**{f.name: getattr(row, f.name) for f in dataclasses.fields(kind)})  # type: ignore[arg-type]
 
 
-@overload
-def _grant(row: GrantRow) -> Grant: ...
-@overload
-def _grant(row: GrantRow | None) -> Grant | None: ...
-def _grant(row: GrantRow | None) -> Grant | None:
-    """The plain record of a `grant` row."""
-    return None if row is None else Grant(**{name: getattr(row, name) for name in GRANT_FIELDS})
+def _optional(kind: type[R], row: SQLModel | None) -> R | None:
+    return None if row is None else _record(kind, row)
 
 
 def _audit_row(fields: dict[str, Any]) -> dict[str, Any]:

@@ -18,10 +18,10 @@ from proxy.approvals import Broker, ClickResult
 from proxy.context import context_json
 from proxy.history import PastDecision, history_json, recent_decisions
 from proxy.pins import action_text
-from proxy.records import EXECUTED, PENDING, Approval, Grant, utcnow
+from proxy.records import EXECUTED, PENDING, Approval, AuditRecord, Grant, utcnow
 from proxy.redact import display_mask
 from proxy.signin import SignIn
-from proxy.store import AuditRecord, Store
+from proxy.store import Store
 from proxy.webjson import json_error, json_response
 
 log = logging.getLogger("signoff.web")

@@ -18,8 +18,8 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from sqlalchemy import text
 
-from proxy.records import Approval, utcnow
-from proxy.store import Store, ToolPin
+from proxy.records import Approval, ToolPin, utcnow
+from proxy.store import Store
 from tests.conftest import ADMIN_TOKEN, PEOPLE, Admin, executions
 from tests.fakeslack import SIGNING_SECRET, FakeSlack
 from tests.procs import PYTHON, ROOT, SIGNOFF, Gateway, free_port, running_gateway
