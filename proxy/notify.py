@@ -13,8 +13,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-import asyncpg
-
 log = logging.getLogger("signoff.notify")
 
 CHANNEL = "signoff_decided"
@@ -60,6 +58,8 @@ class PgListener:
         while True:
             conn = None
             try:
+                import asyncpg  # here: only a PostgreSQL deployment needs it (~10 MB resident)
+
                 conn = await asyncpg.connect(self.dsn, timeout=10)
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
