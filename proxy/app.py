@@ -286,9 +286,12 @@ class App:
             self._spawn(self.wait_for_upstreams())
 
     async def wait_for_upstreams(self) -> None:
-        """Wait (bounded) for every upstream to connect, then load its tool catalog."""
-        timeout = max(up.config.connect_timeout for up in self.upstreams.values())
-        await asyncio.gather(*(up.shared.wait_ready(timeout) for up in self.upstreams.values()))
+        """Wait for every upstream to connect, then load its tool catalog.
+
+        Each for its own `connect_timeout`, and not past its first failed attempt: one dead upstream
+        must not keep the others from being served (it connects later, in the background).
+        """
+        await asyncio.gather(*(up.shared.wait_first_attempt() for up in self.upstreams.values()))
         for up in self.upstreams.values():
             if up.shared.ready.is_set():
                 with contextlib.suppress(Exception):

@@ -67,6 +67,7 @@ class Link:
         self.restarts = 0
         self.server_capabilities: types.ServerCapabilities | None = None
         self.ready = asyncio.Event()
+        self.failed = asyncio.Event()  # an attempt to connect has failed (set once, never cleared)
         self.reconnect = True  # False for a one-off probe (`signoff check`): the first failure is the answer
         self.on_ready: Callable[[], None] | None = None  # called each time the link (re)connects
         self._session: Any = None
@@ -83,6 +84,19 @@ class Link:
         """Wait up to `timeout` seconds for the link to be up."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ready.wait(), timeout)
+        return self.ready.is_set()
+
+    async def wait_first_attempt(self) -> bool:
+        """Wait until the link is up or an attempt has failed (at most `connect_timeout`); True if up."""
+        ready = asyncio.ensure_future(self.ready.wait())
+        failed = asyncio.ensure_future(self.failed.wait())
+        try:
+            await asyncio.wait(
+                {ready, failed}, timeout=self.config.connect_timeout, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            ready.cancel()
+            failed.cancel()
         return self.ready.is_set()
 
     async def close(self) -> None:
@@ -105,6 +119,7 @@ class Link:
                 raise
             except BaseException as e:
                 self.last_error = describe_error(e, self.config)
+                self.failed.set()
             finally:
                 self._session = None
                 self.ready.clear()

@@ -359,3 +359,32 @@ def _get(url: str, expect: int = 200) -> str:
     except urllib.error.HTTPError as e:
         assert e.code == expect, e.code
         return e.read().decode()
+
+
+async def test_a_dead_upstream_does_not_hold_back_the_others_at_start(tmp_path: Path, exec_log: Path) -> None:
+    # Nothing listens on the second upstream's port, and its connect_timeout is the default 30 s.
+    # The gateway used to wait that long before serving anyone; it now serves the live upstream
+    # as soon as the dead one's first attempt fails, and keeps retrying it in the background.
+    from tests.procs import free_port
+
+    config = {
+        "upstreams": {"echo": stdio_echo(exec_log), "dead": {"url": f"http://127.0.0.1:{free_port()}/mcp"}},
+        "policy": {"default": "allow"},
+    }
+    started = time.monotonic()
+    with running_gateway(config, tmp_path, ready_path="/healthz") as gw:
+        async with Client(gw.mcp_url, mode="legacy") as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            serving_after = time.monotonic() - started
+            result = await client.call_tool("echo.echo", {"text": "hi"})
+        with urllib.request.urlopen(gw.control_url + "/healthz") as r:
+            assert r.status == 200
+        try:
+            urllib.request.urlopen(gw.control_url + "/readyz")
+            raise AssertionError("readyz said ready with an upstream down")
+        except urllib.error.HTTPError as e:
+            ready = json.loads(e.read())
+    assert "echo.echo" in names and not any(n.startswith("dead.") for n in names)
+    assert not result.is_error and result.content[0].text == "hi"
+    assert ready["upstreams"]["echo"] == "up" and ready["upstreams"]["dead"].startswith("down")
+    assert serving_after < 20, f"served only after {serving_after:.1f}s (the dead upstream's 30 s timeout?)"
