@@ -40,17 +40,23 @@ def exec_log(tmp_path: Path) -> Path:
     return tmp_path / "executions.jsonl"
 
 
+def start_http_echo(port: int, exec_log: Path, log: Path) -> Proc:
+    """The echo fixture served over Streamable HTTP on `port`, once it accepts connections."""
+    proc = spawn([PYTHON, ECHO_SERVER, "--http", str(port)], log, env={"EXEC_LOG": str(exec_log)})
+    try:
+        wait_port(port, 30, proc.popen)
+    except Exception:
+        proc.stop()
+        raise
+    return proc
+
+
 @pytest.fixture
 def http_echo(tmp_path: Path, exec_log: Path) -> Iterator[tuple[str, Proc]]:
     """The echo fixture served over Streamable HTTP; yields (url, process)."""
     port = free_port()
-    proc = spawn(
-        [PYTHON, ECHO_SERVER, "--http", str(port)],
-        tmp_path / "http_echo.log",
-        env={"EXEC_LOG": str(exec_log)},
-    )
+    proc = start_http_echo(port, exec_log, tmp_path / "http_echo.log")
     try:
-        wait_port(port, 30, proc.popen)
         yield f"http://127.0.0.1:{port}/mcp", proc
     finally:
         proc.stop()

@@ -18,16 +18,13 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import ECHO_SERVER, RAW_INIT, executions, stdio_echo
+from tests.conftest import RAW_INIT, executions, start_http_echo, stdio_echo
 from tests.procs import (
-    PYTHON,
     ROOT,
     SIGNOFF,
     free_port,
     running_gateway,
-    spawn,
     wait_http,
-    wait_port,
     write_config,
 )
 
@@ -398,13 +395,8 @@ async def test_a_dead_upstream_does_not_hold_back_the_others_at_start(tmp_path: 
 
             # The late upstream comes up: the gateway connects (retrying with backoff) and the
             # next listing has its tools.
-            late = spawn(
-                [PYTHON, ECHO_SERVER, "--http", str(port)],
-                tmp_path / "late.log",
-                env={"EXEC_LOG": str(exec_log)},
-            )
+            late = start_http_echo(port, exec_log, tmp_path / "late.log")
             try:
-                wait_port(port, 30, late.popen)
                 wait_http(gw.control_url + "/readyz", 60)
                 names = {t.name for t in (await client.list_tools()).tools}
                 assert "late.echo" in names and "echo.echo" in names
