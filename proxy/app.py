@@ -21,15 +21,19 @@ from proxy import channels, tracing
 from proxy.approvals import AGENT_GONE, GATEWAY_STOPPED, Broker
 from proxy.approvers import ApproverDirectory
 from proxy.audit import AuditLog
-from proxy.auth import BearerAuth, IdentityTable
 from proxy.bodylimit import ENVELOPE_BYTES, JsonBodyLimit
 from proxy.channels import ChannelHost, Fanout
 from proxy.config import Config, ConfigError
 from proxy.context import ContextProber
 from proxy.control import ControlServer
+from proxy.edge.auth import BearerAuth, IdentityTable
+from proxy.edge.fastpath import LeanPath
+from proxy.edge.gateway import Gateway
+from proxy.edge.replay import SessionEvents
+from proxy.edge.sdk_internals import streamable_http_app
+from proxy.edge.sessions import Downstream
+from proxy.edge.upstreams import Upstream
 from proxy.errors import StartupError
-from proxy.fastpath import LeanPath
-from proxy.gateway import Gateway
 from proxy.identity import Identity
 from proxy.metrics import Metrics
 from proxy.naming import Names
@@ -42,15 +46,11 @@ from proxy.policies import PolicySet
 from proxy.presence import Presence, WatchResponses
 from proxy.ratelimit import MemoryRateLimiter
 from proxy.records import Approval
-from proxy.replay import SessionEvents
-from proxy.sdk_internals import streamable_http_app
 from proxy.secretfiles import read_or_create_secret
-from proxy.sessions import Downstream
 from proxy.shared_limits import DatabaseRateLimiter
 from proxy.signin import SignIn
 from proxy.store import Store, sqlite_path
 from proxy.tokens import new_token
-from proxy.upstreams import Upstream
 from proxy.webui import ApprovalsApi, WebChannel
 
 log = logging.getLogger("signoff")
@@ -603,7 +603,7 @@ async def _ignore(*_: Any) -> None:
 
 
 async def run(config: Config) -> None:
-    """Run an HTTP gateway until it is told to stop (the stdio front is `proxy.stdio_front.serve`)."""
+    """Run an HTTP gateway until it is told to stop (the stdio front is `proxy.edge.stdio_front.serve`)."""
     app = App(config)
     app.front = "http"
     app.install_signal_handlers()

@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(_config_arg(args))
     try:
         if args.stdio:
-            from proxy.stdio_front import serve  # answers initialize before the SDK is even imported
+            from proxy.edge.stdio_front import serve  # answers initialize before the SDK is even imported
 
             _run_loop(serve(config))
         else:
@@ -81,7 +81,7 @@ async def fetch_tools(config: Config) -> dict[str, list[dict[str, Any]] | str]:
     Unlike the gateway, nothing here retries: the first failure is the answer, with the upstream's
     own error (a stdio upstream's stderr is this process's, so its complaint is printed above).
     """
-    from proxy.upstreams import Upstream
+    from proxy.edge.upstreams import Upstream
 
     async def one(name: str) -> list[dict[str, Any]] | str:
         async def ignore(*_: Any) -> None:

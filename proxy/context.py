@@ -24,12 +24,12 @@ from typing import Any
 
 from proxy.audit import AuditLog
 from proxy.calls import UpstreamError, UpstreamErrorReply
+from proxy.edge.upstreams import Upstream
 from proxy.naming import Names
 from proxy.policy_spec import PLACEHOLDER, ContextProbe, parse_path
 from proxy.records import Approval, utcnow
 from proxy.redact import display_mask, redact_text
 from proxy.risk import classify
-from proxy.upstreams import Upstream
 
 log = logging.getLogger("signoff.context")
 

@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from proxy.replay import stream_of
+from proxy.edge.replay import stream_of
 
 SCOPE_KEY = "signoff.response"  # the ASGI scope entry holding a request's ResponseStream
 

@@ -6,7 +6,7 @@ SDK's own spans). When on, every `tools/call` gets a `signoff tools/call` span â
 SDK's request span, not a second root â€” with `signoff policy`, `signoff approval` and `signoff
 upstream` children (`proxy.stages.tracing`). Trace context comes from the client (the `_meta`
 traceparent, read by the mcp SDK, or the HTTP `traceparent` header: `TraceContext`) and goes to the
-upstreams (in `_meta`, put there by the mcp SDK or `proxy.rawpipe`; `inject_headers` adds the HTTP
+upstreams (in `_meta`, put there by the mcp SDK or `proxy.edge.rawpipe`; `inject_headers` adds the HTTP
 header for HTTP upstreams).
 
 Configuration is the SDK's: `OTEL_EXPORTER_OTLP_ENDPOINT` (posts to `<endpoint>/v1/traces`),

@@ -308,7 +308,7 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
 
 
 async def test_a_stdio_upstream_gets_the_trace_context_in_meta(tmp_path: Path, receiver: Receiver) -> None:
-    """Shared stdio links speak raw JSON-RPC (`proxy.rawpipe`): they put the context in `_meta` too."""
+    """Shared stdio links speak raw JSON-RPC (`proxy.edge.rawpipe`): they put the context in `_meta` too."""
     exec_log = tmp_path / "exec.jsonl"
     cfg = config(tmp_path, "unused")
     cfg["upstreams"] = {"fixture": {"command": PYTHON, "args": [FIXTURE], "env": {"EXEC_LOG": str(exec_log)}}}

@@ -29,7 +29,7 @@ class CallSpan:
 
     async def __call__(self, call: ToolCall, next: Next) -> dict[str, Any]:
         # Through the mcp SDK, its request span is current (it read a `_meta` traceparent already);
-        # the lean HTTP path (proxy.fastpath) has none, so ours is the request's span and reads it.
+        # the lean HTTP path (proxy.edge.fastpath) has none, so ours is the request's span and reads it.
         inside_sdk = trace.get_current_span().is_recording()
         with tracer().start_as_current_span(
             "signoff tools/call",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from proxy.edge.replay import event_id
 from proxy.presence import SCOPE_KEY, Presence, ResponseStream, WatchResponses
-from proxy.replay import event_id
 
 GRACE = 0.2
 

@@ -7,7 +7,7 @@ from typing import Any
 from mcp.server.streamable_http import EventMessage
 from mcp_types import JSONRPCNotification, JSONRPCResponse
 
-from proxy.replay import SessionEvents, event_id, stream_of
+from proxy.edge.replay import SessionEvents, event_id, stream_of
 
 
 class Clock:

@@ -32,7 +32,7 @@ from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from proxy import tracing
 from proxy.calls import UpstreamError, UpstreamErrorReply
 from proxy.config import UpstreamConfig
-from proxy.rawpipe import RawStdio
+from proxy.edge.rawpipe import RawStdio
 
 log = logging.getLogger("signoff.upstream")
 
@@ -153,7 +153,7 @@ class Link:
                     self.last_error = "the connection closed (process exited or server went away)"
 
     async def _serve_raw(self) -> None:
-        """A shared stdio link: raw JSON-RPC on the child's pipes (`proxy.rawpipe`), no SDK client."""
+        """A shared stdio link: raw JSON-RPC on the child's pipes (`proxy.edge.rawpipe`), no SDK client."""
         cfg = self.config
         assert cfg.command is not None
         info = (self.hooks.client_info or GATEWAY_INFO).model_dump(by_alias=True, exclude_none=True)

@@ -15,9 +15,9 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.message import ServerMessageMetadata
 from pydantic import BaseModel, ConfigDict
 
+from proxy.edge.sdk_internals import connection_of
+from proxy.edge.upstreams import Link, LinkHooks, Upstream
 from proxy.identity import Identity
-from proxy.sdk_internals import connection_of
-from proxy.upstreams import Link, LinkHooks, Upstream
 
 log = logging.getLogger("signoff.sessions")
 

@@ -29,12 +29,12 @@ from mcp_types import (
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from proxy.calls import ProgressFn, ToolCall, UnknownTool, UpstreamErrorReply
+from proxy.edge.sdk_internals import connection_of, peer_cancelled
+from proxy.edge.sessions import Downstream, is_list_changed
+from proxy.edge.upstreams import Link, Upstream, UpstreamError
 from proxy.identity import ANONYMOUS, Identity
 from proxy.naming import Names
 from proxy.presence import SCOPE_KEY, Presence
-from proxy.sdk_internals import connection_of, peer_cancelled
-from proxy.sessions import Downstream, is_list_changed
-from proxy.upstreams import Link, Upstream, UpstreamError
 
 log = logging.getLogger("signoff.gateway")
 
@@ -231,7 +231,7 @@ class Gateway:
 
         `ctx` is the SDK's request context when the call came through the SDK (it routes upstream
         requests back to this request's stream and watches whether the client stays); the lean
-        HTTP path (`proxy.fastpath`) has none and takes only calls that need neither.
+        HTTP path (`proxy.edge.fastpath`) has none and takes only calls that need neither.
         """
         public = raw.get("name", "")
         arguments = raw.get("arguments")

@@ -22,10 +22,10 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from proxy.gateway import Gateway
+from proxy.edge.gateway import Gateway
+from proxy.edge.sessions import Downstream
 from proxy.identity import ANONYMOUS
 from proxy.metrics import Metrics
-from proxy.sessions import Downstream
 
 LEAN_METHODS = frozenset({"tools/call", "tools/list"})
 
