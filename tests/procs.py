@@ -145,17 +145,22 @@ def start_gateway(
     name: str = "gateway",
     ready_timeout: float = 30.0,
     ready_path: str = "/readyz",
-) -> Gateway:
-    """Write `config` (listen/control ports filled in when absent), start `signoff serve`, wait until ready."""
+    in_process: bool = False,
+) -> Any:
+    """Write `config` (listen/control ports filled in when absent), start `signoff serve`, wait until ready.
+
+    `in_process`: run it on a thread of this process (`tests.inprocess`), for tests of what the
+    gateway does over its sockets, not of its process.
+    """
     ours = "listen" not in config and "control" not in config
     for _ in range(3):
         try:
-            return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path)
+            return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path, in_process)
         except PortTaken:
             if not ours:
                 raise
-            (tmp_path / f"{name}.log").unlink()  # the retry's log is read without this attempt in it
-    return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path)
+            (tmp_path / f"{name}.log").unlink(missing_ok=True)  # the retry's log without this attempt
+    return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path, in_process)
 
 
 class PortTaken(RuntimeError):
@@ -169,12 +174,15 @@ def _start_gateway(
     name: str,
     ready_timeout: float,
     ready_path: str,
-) -> Gateway:
+    in_process: bool,
+) -> Any:
     config = dict(config)
     config.setdefault("listen", {"host": "127.0.0.1", "port": free_port()})
     config.setdefault("control", {"host": "127.0.0.1", "port": free_port()})
     config.setdefault("database_url", f"sqlite+aiosqlite:///{tmp_path / (name + '.db')}")
     path = write_config(config, tmp_path / f"{name}.yaml")
+    if in_process:
+        return _start_in_process(config, path, env, ready_timeout, ready_path)
     proc = spawn([*SIGNOFF, "serve", "--config", str(path)], tmp_path / f"{name}.log", env=env)
     listen, control = config["listen"], config["control"]
     gw = Gateway(
@@ -191,6 +199,27 @@ def _start_gateway(
         output = gw.output()
         kind = PortTaken if "Address already in use" in output else RuntimeError
         raise kind(f"gateway did not become ready: {e}\n--- log ---\n{output}") from e
+    return gw
+
+
+def _start_in_process(
+    config: dict[str, Any], path: Path, env: dict[str, str] | None, ready_timeout: float, ready_path: str
+) -> Any:
+    from tests.inprocess import InProcessGateway
+
+    listen, control = config["listen"], config["control"]
+    gw = InProcessGateway(
+        path,
+        env or {},
+        mcp_url=f"http://{listen['host']}:{listen['port']}/mcp",
+        control_url=f"http://{control['host']}:{control['port']}",
+    )
+    try:
+        gw.start(ready_timeout)
+        wait_http(gw.control_url + ready_path, ready_timeout)
+    except Exception as e:
+        gw.stop()
+        raise (PortTaken if "Address already in use" in str(e) else RuntimeError)(str(e)) from e
     return gw
 
 
