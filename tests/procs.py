@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -25,31 +26,35 @@ SIGNOFF = [PYTHON, "-m", "proxy.cli"]
 
 # Below Linux's ephemeral range (32768-60999): a port the kernel picked with bind(0) is also what it
 # hands the next outgoing connection, and the suite makes thousands, so a server starting a moment
-# later could find its port taken. Here only another test picking the same number can collide.
+# later could find its port taken. Each pytest-xdist worker takes ports from its own slice of this
+# range, in turn, so two workers never pick the same port either.
 PORTS = range(20000, 32000)
+SLICES = 8
 
 
-_handed_out: set[int] = set()
+def _slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) % SLICES if worker.isdigit() else 0
+    size = len(PORTS) // SLICES
+    return range(PORTS.start + index * size, PORTS.start + (index + 1) * size)
+
+
+_ours = _slice()
+# From a random place in the slice: two test runs at once (rare) then rarely meet.
+_next = itertools.cycle([*_ours[(start := random.randrange(len(_ours))) :], *_ours[:start]])
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1, outside the ephemeral range, that was free a moment ago.
-
-    Never the same one twice in a process: two picked for one gateway (listen and control) were
-    once the same port.
-    """
-    for _ in range(100):
-        port = random.choice(PORTS)
-        if port in _handed_out:
-            continue
+    """A TCP port on 127.0.0.1 that was free a moment ago: the next bindable one of this worker's slice."""
+    for _ in range(len(_ours)):
+        port = next(_next)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            _handed_out.add(port)
             return port
-    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
+    raise RuntimeError(f"no free port in {_ours.start}-{_ours.stop - 1}")
 
 
 def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
