@@ -72,12 +72,13 @@ async def test_a_webhook_channel_hears_of_every_request_next_to_the_page(
     with running_gateway(config, tmp_path, env={"HOOK_SECRET": SECRET}, in_process=True) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
-            call = asyncio.create_task(client.call_tool("delete_thing", {"name": "db1"}))
+            # Not a hex-looking value: the request's id (hex) once happened to contain "db1".
+            call = asyncio.create_task(client.call_tool("delete_thing", {"name": "orders-prod"}))
             requested = await receiver.wait_for("approval.requested")
             [pending] = await admin.pending()  # the page has it too
             assert requested["approval"]["id"] == pending["id"]
             assert requested["approval"]["argumentsHash"] == pending["argumentsHash"]
-            assert "db1" not in json.dumps(requested)  # routing facts, never the arguments
+            assert "orders-prod" not in json.dumps(requested)  # routing facts, never the arguments
             assert (await admin.decide(pending["id"], "approve", "alice"))[0] == 200
             await asyncio.wait_for(call, 10)
             decided = await receiver.wait_for("approval.decided")
