@@ -353,6 +353,7 @@ class Load:
     records: list[CallRecord] = field(default_factory=list)
     session_errors: list[str] = field(default_factory=list)
     sessions_opened: int = 0
+    all_open_at: float | None = None  # when the first `sessions` sessions were all open (monotonic)
 
     async def run(self) -> None:
         deadline = time.monotonic() + self.duration
@@ -366,6 +367,8 @@ class Load:
             try:
                 async with session(self.url, token) as client:
                     self.sessions_opened += 1
+                    if self.sessions_opened == self.sessions:
+                        self.all_open_at = time.monotonic()
                     # As agents do; it also fills the SDK's output-schema cache, which would otherwise
                     # send a tools/list after the first call of each tool.
                     try:
@@ -534,13 +537,16 @@ class RssSampler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.every)
 
-    def thirds(self, warmup: float = 5.0) -> tuple[float, float]:
+    def thirds(self, warmup: float = 5.0, since: float | None = None) -> tuple[float, float]:
         """Median RSS (MB) of the first and the last third of the samples after a warm-up.
 
         The first seconds fill caches, pools and 50 sessions' worth of buffers; a leak is growth after.
+        `since` (monotonic) moves the warm-up's end later: on a slow machine opening the sessions
+        took 15 s, and their buffers counted as growth.
         """
         t0 = self.samples[0][0] if self.samples else 0.0
-        values = [kb / 1024 for t, kb in self.samples if t - t0 >= warmup]
+        start = max(t0 + warmup, since or 0.0)
+        values = [kb / 1024 for t, kb in self.samples if t >= start]
         third = max(1, len(values) // 3)
         return statistics.median(values[:third]), statistics.median(values[-third:])
 
