@@ -549,25 +549,25 @@ class Broker:
 
     async def withdraw_held(self, reason: str) -> None:
         """Withdraw every call this process holds (it stops serving them)."""
-        for held in list(self.held.values()):
-            await self.withdraw(held.approval.id, reason)
+        await self._withdraw_where(lambda held: True, reason)
 
     async def withdraw_session(self, session_id: str, reason: str) -> None:
         """Withdraw the calls this process holds for a client session that has ended."""
+        await self._withdraw_where(lambda held: held.approval.session_id == session_id, reason)
+
+    async def abandoned(self, call_id: str) -> None:
+        """The client of a call left without a word: withdraw the request it waits on, if any."""
+        await self._withdraw_where(lambda held: held.call_id == call_id, AGENT_GONE)
+
+    async def _withdraw_where(self, which: Callable[[HeldCall], bool], reason: str) -> None:
         for approval_id, held in list(self.held.items()):
-            if held.approval.session_id == session_id:
+            if which(held):
                 await self.withdraw(approval_id, reason)
 
     @property
     def held_here(self) -> int:
         """How many calls this process holds for a decision."""
         return len(self.held)
-
-    async def abandoned(self, call_id: str) -> None:
-        """The client of a call left without a word: withdraw the request it waits on, if any."""
-        for approval_id, held in list(self.held.items()):
-            if held.call_id == call_id:
-                await self.withdraw(approval_id, AGENT_GONE)
 
     def report_outcome(self, approval: Approval, outcome: str, detail: str | None) -> None:
         """After an approved call ran: record and announce what happened, off the agent's path."""
