@@ -1,20 +1,50 @@
 """A gateway run inside the test process, on its own thread and event loop.
 
 For tests that exercise the gateway over its sockets but not its process (its start-up command,
-signals, logs, children): it skips the ≈ 1.8 s of CPU a `signoff serve` process spends importing
+signals, stderr, children): it skips the ≈ 1.8 s of CPU a `signoff serve` process spends importing
 its libraries, the largest single cost of the suite. Same `App`, same config file, same ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any
 
 from proxy.app import App
 from proxy.config import load_config
+from proxy.logs import QUIET_LOGGERS, TextFormatter
+
+# The gateway whose task is running: its log records go to its own output, as a process's would.
+_serving: contextvars.ContextVar[InProcessGateway | None] = contextvars.ContextVar("gateway", default=None)
+
+
+class _ToItsGateway(logging.Handler):
+    """Hands a record to the in-process gateway that logged it, formatted as `signoff serve` does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        gateway = _serving.get()
+        if gateway is not None:
+            gateway.lines.append(self.format(record))
+
+
+def _capture_logs() -> None:
+    """Once per test process: the levels `signoff serve` sets, and the handler above."""
+    root = logging.getLogger()
+    if any(isinstance(h, _ToItsGateway) for h in root.handlers):
+        return
+    handler = _ToItsGateway()
+    handler.setFormatter(TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("signoff").setLevel(logging.INFO)
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class InProcessGateway:
@@ -25,6 +55,7 @@ class InProcessGateway:
         self.mcp_url = mcp_url
         self.control_url = control_url
         self._env = env
+        self.lines: list[str] = []
         self._saved: dict[str, str | None] = {}
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -45,11 +76,13 @@ class InProcessGateway:
             self.stop()
             raise RuntimeError(f"gateway did not start: {self._error}") from self._error
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
         """Stop as SIGTERM would (held calls withdrawn, audit flushed, upstreams stopped)."""
+        if sig != signal.SIGTERM:
+            raise NotImplementedError(f"an in-process gateway cannot be sent {sig!r}; use own_process=True")
         if self._loop is not None and self._app is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._app.stopping.set)
-        self._thread.join(60)
+        self._thread.join(timeout)
         for key, value in self._saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -62,6 +95,8 @@ class InProcessGateway:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        _capture_logs()
+        _serving.set(self)  # every task and thread the gateway starts inherits this
         try:
             config = load_config(self.config_path)
             self._app = app = App(config)
@@ -81,11 +116,13 @@ class InProcessGateway:
             self._started.set()
             await app.stop()
 
+    def kill(self) -> None:
+        raise NotImplementedError("an in-process gateway cannot be killed; use own_process=True")
+
     def output(self) -> str:
-        raise NotImplementedError("an in-process gateway logs through the test's logging; use a process")
+        """What the gateway logged (not its upstreams' stderr, nor anything printed: a process has those)."""
+        return "\n".join(self.lines) + "\n" if self.lines else ""
 
     @property
     def popen(self) -> Any:
-        raise NotImplementedError(
-            "an in-process gateway has no process; use running_gateway(in_process=False)"
-        )
+        raise NotImplementedError("an in-process gateway has no process; use own_process=True")

@@ -150,22 +150,23 @@ def start_gateway(
     name: str = "gateway",
     ready_timeout: float = 30.0,
     ready_path: str = "/readyz",
-    in_process: bool = False,
+    own_process: bool = False,
 ) -> Any:
-    """Write `config` (listen/control ports filled in when absent), start `signoff serve`, wait until ready.
+    """Write `config` (listen/control ports filled in when absent), start the gateway, wait until ready.
 
-    `in_process`: run it on a thread of this process (`tests.inprocess`), for tests of what the
-    gateway does over its sockets, not of its process.
+    It runs on a thread of this process (`tests.inprocess`): most tests are of what the gateway does
+    over its sockets. `own_process`: a `signoff serve` process, for tests of the process itself (its
+    command line, log, signals, exit, children).
     """
     ours = "listen" not in config and "control" not in config
     for _ in range(3):
         try:
-            return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path, in_process)
+            return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path, not own_process)
         except PortTaken:
             if not ours:
                 raise
             (tmp_path / f"{name}.log").unlink(missing_ok=True)  # the retry's log without this attempt
-    return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path, in_process)
+    return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path, not own_process)
 
 
 class PortTaken(RuntimeError):

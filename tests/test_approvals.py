@@ -53,7 +53,7 @@ async def call_held(client: Client, name: str = "db1", **kw: Any) -> Any:
 
 async def test_approve_runs_the_exact_call_once(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     config = gwconf(policy(HOLD), approvers=APPROVERS)
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             task = asyncio.create_task(call_held(client, "db1"))
@@ -86,7 +86,7 @@ async def test_approve_runs_the_exact_call_once(tmp_path: Path, exec_log: Path, 
 
 async def test_deny_with_reason_reaches_the_agent(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     config = gwconf(policy(HOLD), approvers=APPROVERS)
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             task = asyncio.create_task(call_held(client))
@@ -106,7 +106,7 @@ async def test_deny_with_reason_reaches_the_agent(tmp_path: Path, exec_log: Path
 
 async def test_nobody_answers_the_call_expires_denied(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     rule = {**HOLD, "approval": {"approvers": "oncall", "timeout": "1s"}}
-    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             started = time.monotonic()
@@ -122,7 +122,7 @@ async def test_nobody_answers_the_call_expires_denied(tmp_path: Path, exec_log: 
 
 async def test_quorum_two_of_three(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     rule = {**HOLD, "approval": {"approvers": "oncall", "timeout": "20s", "quorum": 2}}
-    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             task = asyncio.create_task(call_held(client))
@@ -149,7 +149,7 @@ async def test_self_approval_and_non_approvers_are_refused_and_audited(
         approvers=APPROVERS,
         identities={"agent": {"token_env": "AGENT_TOKEN", "slack_user": "U_ALICE"}},
     )
-    with running_gateway(config, tmp_path, env={"AGENT_TOKEN": "s3cret-agent"}, in_process=True) as gw:
+    with running_gateway(config, tmp_path, env={"AGENT_TOKEN": "s3cret-agent"}) as gw:
         admin = Admin(gw.control_url)
         async with client_as(gw.mcp_url, "s3cret-agent") as client:
             task = asyncio.create_task(call_held(client))
@@ -175,7 +175,7 @@ async def test_self_approval_and_non_approvers_are_refused_and_audited(
 async def test_cancelled_call_withdraws_and_a_late_approval_runs_nothing(
     tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
-    with running_gateway(sqlite_gwconf(policy(HOLD), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(sqlite_gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             with pytest.raises(Exception):  # noqa: B017 - the SDK raises its timeout error
@@ -198,7 +198,7 @@ async def test_cancelled_call_withdraws_and_a_late_approval_runs_nothing(
 
 
 async def test_client_disconnect_withdraws(tmp_path: Path, exec_log: Path, sqlite_gwconf: Any) -> None:
-    with running_gateway(sqlite_gwconf(policy(HOLD), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(sqlite_gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         client = Client(gw.mcp_url, mode="legacy")
         await client.__aenter__()
@@ -218,7 +218,7 @@ async def test_client_disconnect_withdraws(tmp_path: Path, exec_log: Path, sqlit
 
 async def test_pending_mode_call_again_runs_exactly_once(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     rule = {**HOLD, "approval": {"approvers": "oncall", "timeout": "30s", "mode": "pending"}}
-    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             first = await client.call_tool("delete_thing", {"name": "db9"})
@@ -257,7 +257,7 @@ async def test_ts_client_with_short_timeout_survives_a_long_hold(
     tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
     config = sqlite_gwconf(policy(HOLD), approvers=APPROVERS, approvals={"progress_interval": "1s"})
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
 
         async def approve_late() -> None:
@@ -311,7 +311,7 @@ async def test_restart_withdraws_held_calls_and_runs_nothing(
         approvers=APPROVERS,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}",
     )
-    gw = start_gateway(config, tmp_path, name="first")
+    gw = start_gateway(config, tmp_path, name="first", own_process=True)
     admin = Admin(gw.control_url)
     try:
         async with Client(gw.mcp_url, mode="legacy") as client:
@@ -356,7 +356,7 @@ async def test_concurrent_decisions_race_to_exactly_one_outcome(
     """Many held calls, each hit at once by approve, deny and its own expiry: one decision each."""
     n = 24
     rule = {**HOLD, "approval": {"approvers": "oncall", "timeout": "3s"}}
-    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             calls = [asyncio.create_task(call_held(client, f"item{i}")) for i in range(n)]

@@ -69,7 +69,7 @@ async def test_a_webhook_channel_hears_of_every_request_next_to_the_page(
     config["channels"] = {
         "webhook": {"url": f"http://127.0.0.1:{receiver.port}/hook", "secret_env": "HOOK_SECRET"}
     }
-    with running_gateway(config, tmp_path, env={"HOOK_SECRET": SECRET}, in_process=True) as gw:
+    with running_gateway(config, tmp_path, env={"HOOK_SECRET": SECRET}) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             # Not a hex-looking value: the request's id (hex) once happened to contain "db1".
@@ -96,7 +96,7 @@ async def test_a_webhook_that_cannot_take_the_request_fails_the_call_closed(
     config["channels"] = {
         "webhook": {"url": f"http://127.0.0.1:{receiver.port}/hook", "secret_env": "HOOK_SECRET"}
     }
-    with running_gateway(config, tmp_path, env={"HOOK_SECRET": SECRET}, in_process=True) as gw:
+    with running_gateway(config, tmp_path, env={"HOOK_SECRET": SECRET}) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             result = await client.call_tool("delete_thing", {"name": "db1"})
     assert result.is_error and result.meta["dev.signoff/decision"]["reason"] == "approval_unavailable"

@@ -159,7 +159,7 @@ async def test_generated_admin_token_is_kept_for_the_cli_and_never_logged(
 ) -> None:
     cfg: dict[str, Any] = gateway_config(exec_log, policy(HOLD), approvers=APPROVERS)
     del cfg["control"]["admin_token"]
-    with running_gateway(cfg, tmp_path) as gw:
+    with running_gateway(cfg, tmp_path, own_process=True) as gw:  # nothing of the token on its stderr
         token_file = tmp_path / "gateway.db.admin-token"
         token = token_file.read_text().strip()
         assert "approvals page: http://" in gw.output() and token not in gw.output()

@@ -284,7 +284,7 @@ async def test_a_stdio_client_whose_pipe_closed_is_withdrawn(tmp_path: Path, exe
 
 
 async def test_a_gateway_that_stops_says_so_not_that_the_agent_left(tmp_path: Path, exec_log: Path) -> None:
-    gw = start_gateway(config(exec_log, grace="10s"), tmp_path, env={TOKEN_ENV: TOKEN})
+    gw = start_gateway(config(exec_log, grace="10s"), tmp_path, env={TOKEN_ENV: TOKEN}, own_process=True)
     try:
         run = await clients.python_sdk(gw.mcp_url, TOKEN, "delete_thing", {"name": "stopping"})
         [pending] = await Admin(gw.control_url).pending(timeout=30)

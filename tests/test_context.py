@@ -82,7 +82,7 @@ async def pending_for(admin: Admin, job: str) -> dict[str, Any]:
 
 
 async def test_the_live_state_is_shown_and_a_change_at_the_click_asks_again(tmp_path: Path) -> None:
-    with running_gateway(jobs_config(tmp_path), tmp_path, in_process=True) as gw:
+    with running_gateway(jobs_config(tmp_path), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             call = cancel(client, "job-7f3a")
@@ -124,7 +124,7 @@ async def test_the_live_state_is_shown_and_a_change_at_the_click_asks_again(tmp_
 
 
 async def test_history_lists_the_last_decisions_on_the_tool(tmp_path: Path) -> None:
-    with running_gateway(jobs_config(tmp_path), tmp_path, in_process=True) as gw:
+    with running_gateway(jobs_config(tmp_path), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             first = cancel(client, "job-7f3a")
@@ -165,7 +165,7 @@ async def test_a_failing_or_slow_probe_never_holds_the_request_back(tmp_path: Pa
             "approval": {"approvers": "oncall", "context": {"tool": "cancel-job", "show": ["status"]}},
         },
     ]
-    with running_gateway(jobs_config(tmp_path, *rules), tmp_path, in_process=True) as gw:
+    with running_gateway(jobs_config(tmp_path, *rules), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             call = cancel(client, "job-nope")
@@ -208,7 +208,7 @@ async def test_a_slow_probe_says_so_and_the_request_is_posted(tmp_path: Path) ->
     }
     config = jobs_config(tmp_path, rule)
     config["upstreams"] = {"fixture": {"command": PYTHON, "args": [FIXTURE]}}
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             loop = asyncio.get_running_loop()
@@ -303,7 +303,7 @@ async def test_slack_shows_the_state_and_asks_again_when_it_changed(fake: FakeSl
 
 @pytest.mark.browser
 async def test_the_page_shows_the_state_and_confirms_a_change(tmp_path: Path, page: Page) -> None:  # noqa: F811
-    with running_gateway(jobs_config(tmp_path), tmp_path, in_process=True) as gw:
+    with running_gateway(jobs_config(tmp_path), tmp_path) as gw:
         dialogs: list[str] = []
 
         async def on_dialog(dialog: Dialog) -> None:

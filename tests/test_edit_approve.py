@@ -56,7 +56,7 @@ NO_PROD = {
 async def test_the_call_runs_with_exactly_the_edited_arguments_and_the_agent_is_told(
     tmp_path: Path, exec_log: Path, gwconf: Any
 ) -> None:
-    with running_gateway(gwconf(policy(HOLD), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             call = asyncio.create_task(delete(client, "db1"))
@@ -89,9 +89,7 @@ async def test_the_call_runs_with_exactly_the_edited_arguments_and_the_agent_is_
 async def test_a_refused_edit_decides_nothing_and_runs_nothing(
     tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
-    with running_gateway(
-        sqlite_gwconf(policy(NO_PROD, HOLD), approvers=APPROVERS), tmp_path, in_process=True
-    ) as gw:
+    with running_gateway(sqlite_gwconf(policy(NO_PROD, HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             call = asyncio.create_task(delete(client, "db1"))
@@ -218,7 +216,7 @@ async def test_the_page_edits_and_approves(
         await dialog.accept()
 
     page.on("dialog", confirm)
-    with running_gateway(sqlite_gwconf(policy(HOLD), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(sqlite_gwconf(policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             call = asyncio.create_task(delete(client, "db1"))
             await Admin(gw.control_url).pending()
@@ -259,7 +257,7 @@ async def test_pending_mode_runs_the_edited_call_once_then_the_grant_covers_the_
             "grant": {"max": "1h", "same": ["name"], "offer": ["30m"]},
         },
     }
-    with running_gateway(sqlite_gwconf(policy(rule), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(sqlite_gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             asked = await delete(client, "db1")

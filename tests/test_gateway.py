@@ -83,7 +83,7 @@ async def exercise(client: Client) -> None:
 
 
 async def test_http_front_stdio_upstream(tmp_path: Path, exec_log: Path) -> None:
-    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path, in_process=True) as gw:
+    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await exercise(client)
     assert [e["args"]["text"] for e in executions(exec_log, "echo")] == ["héllo ✓"]
@@ -91,7 +91,7 @@ async def test_http_front_stdio_upstream(tmp_path: Path, exec_log: Path) -> None
 
 async def test_http_front_http_upstream(tmp_path: Path, http_echo: tuple[str, Any]) -> None:
     url, _ = http_echo
-    with running_gateway({"upstreams": {"echo": {"url": url}}}, tmp_path, in_process=True) as gw:
+    with running_gateway({"upstreams": {"echo": {"url": url}}}, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await exercise(client)
 
@@ -112,7 +112,7 @@ async def test_several_upstreams_are_namespaced(
 ) -> None:
     url, _ = http_echo
     config = {"upstreams": {"local": stdio_echo(exec_log), "remote": {"url": url}}}
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert {"local.echo", "remote.echo", "local.weather", "remote.sleep"} <= names
@@ -137,7 +137,7 @@ async def test_custom_separator_and_prefix_for_one_upstream(tmp_path: Path, exec
         "tool_separator": "__",
         "prefix_single_upstream": True,
     }
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "jobs__echo" in names
@@ -146,7 +146,7 @@ async def test_custom_separator_and_prefix_for_one_upstream(tmp_path: Path, exec
 
 
 async def test_unknown_tool_is_a_protocol_error_and_nothing_runs(tmp_path: Path, exec_log: Path) -> None:
-    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path, in_process=True) as gw:
+    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             with pytest.raises(MCPError) as err:
                 await client.call_tool("no_such_tool", {})
@@ -169,7 +169,7 @@ async def test_elicitation_and_logging_reach_the_client_that_caused_them(
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         logs.append(str(params.data))
 
-    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path, in_process=True) as gw:
+    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path) as gw:
         async with Client(
             gw.mcp_url, mode="legacy", elicitation_callback=on_elicit, logging_callback=on_log
         ) as c:
@@ -185,7 +185,7 @@ async def test_elicitation_and_logging_reach_the_client_that_caused_them(
 
 
 async def test_cancelled_call_stops_and_gateway_keeps_serving(tmp_path: Path, exec_log: Path) -> None:
-    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path, in_process=True) as gw:
+    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             started = time.monotonic()
             with pytest.raises(MCPError):
@@ -195,7 +195,7 @@ async def test_cancelled_call_stops_and_gateway_keeps_serving(tmp_path: Path, ex
 
 
 async def test_upstream_killed_mid_call_fails_fast_then_restarts(tmp_path: Path, exec_log: Path) -> None:
-    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path, in_process=True) as gw:
+    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             started = time.monotonic()
             result = await client.call_tool("crash", {})
@@ -219,7 +219,7 @@ async def test_upstream_killed_mid_call_fails_fast_then_restarts(tmp_path: Path,
 
 async def test_hanging_upstream_is_bounded_by_call_timeout(tmp_path: Path, exec_log: Path) -> None:
     config = {"upstreams": {"echo": stdio_echo(exec_log, call_timeout="1s")}}
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             started = time.monotonic()
             result = await client.call_tool("sleep", {"seconds": 30})
@@ -231,7 +231,7 @@ async def test_hanging_upstream_is_bounded_by_call_timeout(tmp_path: Path, exec_
 
 async def test_missing_upstream_command_is_reported_clearly(tmp_path: Path) -> None:
     config = {"upstreams": {"ghost": {"command": "signoff-no-such-command", "connect_timeout": "2s"}}}
-    with running_gateway(config, tmp_path, ready_path="/healthz") as gw:
+    with running_gateway(config, tmp_path, ready_path="/healthz", own_process=True) as gw:
         body = json.loads(_get(gw.control_url + "/readyz", expect=503))
         assert body["ready"] is False
         assert "cannot start 'signoff-no-such-command': command not found" in body["upstreams"]["ghost"]
@@ -246,7 +246,7 @@ async def test_missing_upstream_command_is_reported_clearly(tmp_path: Path) -> N
 async def test_malformed_json_rpc_gets_an_error_and_the_gateway_keeps_serving(
     tmp_path: Path, exec_log: Path
 ) -> None:
-    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path, in_process=True) as gw:
+    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path) as gw:
         headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
         async with httpx2.AsyncClient() as http:
             for body in (b"{not json", b'{"jsonrpc": "2.0", "method": 42, "id": 1}', b"[]", b"\xff\xfe"):
@@ -345,7 +345,7 @@ def test_invalid_config_lists_every_error_and_exits_nonzero(tmp_path: Path) -> N
 
 
 async def test_control_port_health_and_metrics(tmp_path: Path, exec_log: Path) -> None:
-    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path, in_process=True) as gw:
+    with running_gateway({"upstreams": {"echo": stdio_echo(exec_log)}}, tmp_path) as gw:
         assert json.loads(_get(gw.control_url + "/healthz")) == {"status": "ok"}
         assert json.loads(_get(gw.control_url + "/readyz")) == {"ready": True, "upstreams": {"echo": "up"}}
         async with Client(gw.mcp_url, mode="legacy") as client:
@@ -378,7 +378,7 @@ async def test_a_dead_upstream_does_not_hold_back_the_others_at_start(tmp_path: 
         "policy": {"default": "allow"},
     }
     started = time.monotonic()
-    with running_gateway(config, tmp_path, ready_path="/healthz", in_process=True) as gw:
+    with running_gateway(config, tmp_path, ready_path="/healthz", own_process=True) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             names = {t.name for t in (await client.list_tools()).tools}
             serving_after = time.monotonic() - started

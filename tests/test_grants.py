@@ -81,7 +81,7 @@ async def delete(client: Client, name: str, **args: Any) -> Any:
 async def test_approving_for_a_while_lets_the_same_calls_run_without_asking(
     tmp_path: Path, exec_log: Path, gwconf: Any
 ) -> None:
-    with running_gateway(gwconf(policy(FOR_A_WHILE), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(policy(FOR_A_WHILE), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             first = asyncio.create_task(delete(client, "db1"))
@@ -128,7 +128,7 @@ async def test_approving_for_a_while_lets_the_same_calls_run_without_asking(
 
 async def test_a_grant_ends_when_it_expires(tmp_path: Path, exec_log: Path, gwconf: Any) -> None:
     rule = granting({"max": "3s", "same": ["name"]})  # offer defaults to [max]
-    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             first = asyncio.create_task(delete(client, "db1"))
@@ -158,7 +158,7 @@ async def test_with_a_quorum_a_grant_needs_every_vote_to_choose_a_duration(
     tmp_path: Path, exec_log: Path, gwconf: Any
 ) -> None:
     rule = granting({"max": "1h", "same": ["name"], "offer": ["30m", "1h"]}, quorum=2)
-    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             # Alice approves for 30 min, Bob just approves: the call runs, no grant.
@@ -201,9 +201,7 @@ def signoff_as(person: str | None, *args: str) -> subprocess.CompletedProcess[st
 async def test_cli_approves_for_a_while_then_lists_and_revokes_grants(
     tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
-    with running_gateway(
-        sqlite_gwconf(policy(FOR_A_WHILE), approvers=APPROVERS), tmp_path, in_process=True
-    ) as gw:
+    with running_gateway(sqlite_gwconf(policy(FOR_A_WHILE), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         conf = str(gw.config_path)
 
@@ -265,9 +263,7 @@ async def test_the_page_approves_for_a_while_lists_the_grant_and_revokes_it(
         await dialog.accept()  # delete_thing is destructive: the page asks first
 
     page.on("dialog", confirm)
-    with running_gateway(
-        sqlite_gwconf(policy(FOR_A_WHILE), approvers=APPROVERS), tmp_path, in_process=True
-    ) as gw:
+    with running_gateway(sqlite_gwconf(policy(FOR_A_WHILE), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             call = asyncio.create_task(delete(client, "db1"))

@@ -37,7 +37,7 @@ async def test_plain_calls_take_the_lean_path_in_both_eras_and_framings(
         "upstreams": {"echo": stdio_echo(exec_log)},
         "listen": {"host": "127.0.0.1", "port": free_port(), "json_response": json_response},
     }
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         async with Client(gw.mcp_url, mode=mode) as client:  # type: ignore[arg-type]
             tools = {t.name for t in (await client.list_tools()).tools}
             assert {"echo", "weather"} <= tools
@@ -53,7 +53,7 @@ async def test_plain_calls_take_the_lean_path_in_both_eras_and_framings(
 
 async def test_a_held_call_and_a_call_with_progress_take_the_sdk_path(tmp_path: Path, exec_log: Path) -> None:
     config = gateway_config(exec_log, policy(HOLD), approvers=APPROVERS)
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await client.call_tool("echo", {"text": "warm"})
             before = lean_answers(gw.control_url)
@@ -81,7 +81,7 @@ async def test_an_upstreams_json_rpc_error_reaches_the_client_as_it_is_and_is_au
     """Through the lean path and the SDK's (progress asked): same code, message and data; audited once each."""
     config = gateway_config(exec_log, None)
     config["upstreams"] = {"records": {"command": PYTHON, "args": [REFUSING]}}
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await client.list_tools()
             errors = []

@@ -33,9 +33,7 @@ async def post_decision(
 async def test_the_admin_token_views_but_never_decides_and_nobody_decides_as_another(
     tmp_path: Path, exec_log: Path
 ) -> None:
-    with running_gateway(
-        gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path, in_process=True
-    ) as gw:
+    with running_gateway(gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             task = asyncio.create_task(call_held(client, "db1"))
@@ -67,9 +65,7 @@ async def test_the_admin_token_views_but_never_decides_and_nobody_decides_as_ano
 
 async def test_a_quorum_needs_distinct_signed_in_people(tmp_path: Path, exec_log: Path) -> None:
     rule = {**HOLD, "approval": {"approvers": "oncall", "timeout": "30s", "quorum": 2}}
-    with running_gateway(
-        gateway_config(exec_log, policy(rule), approvers=APPROVERS), tmp_path, in_process=True
-    ) as gw:
+    with running_gateway(gateway_config(exec_log, policy(rule), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             task = asyncio.create_task(call_held(client))
@@ -97,7 +93,7 @@ async def test_the_person_an_agent_acts_for_cannot_approve_its_call(tmp_path: Pa
         approvers=APPROVERS,
         identities={"agent": {"token_env": "AGENT_TOKEN", "acts_for": "alice"}},
     )
-    with running_gateway(config, tmp_path, env={"AGENT_TOKEN": "s3cret-agent"}, in_process=True) as gw:
+    with running_gateway(config, tmp_path, env={"AGENT_TOKEN": "s3cret-agent"}) as gw:
         admin = Admin(gw.control_url)
         async with client_as(gw.mcp_url, "s3cret-agent") as client:
             task = asyncio.create_task(call_held(client))
@@ -115,9 +111,7 @@ async def test_the_person_an_agent_acts_for_cannot_approve_its_call(tmp_path: Pa
 async def test_page_sign_in_gives_a_strict_cookie_and_decisions_need_its_csrf_token(
     tmp_path: Path, exec_log: Path
 ) -> None:
-    with running_gateway(
-        gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path, in_process=True
-    ) as gw:
+    with running_gateway(gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client, httpx2.AsyncClient() as page:
             task = asyncio.create_task(call_held(client))
@@ -151,9 +145,7 @@ async def test_page_sign_in_gives_a_strict_cookie_and_decisions_need_its_csrf_to
 
 
 async def test_the_admin_token_signs_the_page_in_to_view_only(tmp_path: Path, exec_log: Path) -> None:
-    with running_gateway(
-        gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path, in_process=True
-    ) as gw:
+    with running_gateway(gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client, httpx2.AsyncClient() as page:
             task = asyncio.create_task(call_held(client))

@@ -23,7 +23,7 @@ async def test_hidden_tool_is_absent_and_refused_exactly_like_an_unknown_one(
     tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
     pol = {"default": "allow", "hide": ["delete_*", "crash"]}
-    with running_gateway(sqlite_gwconf(pol), tmp_path, in_process=True) as gw:
+    with running_gateway(sqlite_gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "delete_thing" not in names and "crash" not in names and "echo" in names
@@ -51,7 +51,7 @@ async def test_deny_reason_reaches_the_agent(tmp_path: Path, exec_log: Path, sql
             }
         ],
     }
-    with running_gateway(sqlite_gwconf(pol), tmp_path, in_process=True) as gw:
+    with running_gateway(sqlite_gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             denied = await client.call_tool("delete_thing", {"name": "a", "force": True})
             assert denied.is_error
@@ -68,7 +68,7 @@ async def test_refusal_keeps_structured_content_out_of_tools_with_an_output_sche
     tmp_path: Path, exec_log: Path, sqlite_gwconf: Any
 ) -> None:
     pol = {"default": "allow", "rules": [{"tools": "weather", "action": "deny", "reason": "no weather"}]}
-    with running_gateway(sqlite_gwconf(pol), tmp_path, in_process=True) as gw:
+    with running_gateway(sqlite_gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await client.list_tools()
             denied = await client.call_tool("weather", {"city": "Oslo"})  # the SDK validates output schemas
@@ -90,7 +90,7 @@ async def test_rate_limit_refuses_the_extra_call_then_allows_after_the_window(
             }
         ],
     }
-    with running_gateway(gwconf(pol), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             started = time.monotonic()
             for i in range(3):
@@ -126,7 +126,7 @@ async def test_rate_limit_per_session_and_global(tmp_path: Path, exec_log: Path,
             },
         ],
     }
-    with running_gateway(gwconf(pol), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as a, Client(gw.mcp_url, mode="legacy") as b:
             assert not (await a.call_tool("echo", {"text": "a"})).is_error
             assert (await a.call_tool("echo", {"text": "a2"})).is_error
@@ -195,9 +195,7 @@ async def test_a_session_cannot_be_used_with_another_identitys_token(
 ) -> None:
     identities = {"a": {"token_env": "TOKEN_A"}, "b": {"token_env": "TOKEN_B"}}
     config = sqlite_gwconf(None, identities=identities)
-    with running_gateway(
-        config, tmp_path, env={"TOKEN_A": "token-of-a", "TOKEN_B": "token-of-b"}, in_process=True
-    ) as gw:
+    with running_gateway(config, tmp_path, env={"TOKEN_A": "token-of-a", "TOKEN_B": "token-of-b"}) as gw:
         async with httpx2.AsyncClient() as http:
             headers = {"Accept": "application/json, text/event-stream", "Authorization": "Bearer token-of-a"}
             r = await http.post(gw.mcp_url, json=RAW_INIT, headers=headers)
@@ -256,7 +254,7 @@ async def test_policylayer_policy_json_loads_unchanged(
     pl = {"version": "1", "default": "deny", "hide": ["delete_thing"], "tools": {"echo": {}}}
     path = tmp_path / "policy.json"
     path.write_text(json.dumps(pl))
-    with running_gateway(sqlite_gwconf(str(path)), tmp_path, in_process=True) as gw:
+    with running_gateway(sqlite_gwconf(str(path)), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert "delete_thing" not in names and "echo" in names
@@ -286,7 +284,7 @@ async def test_intercept_yaml_loads_unchanged(tmp_path: Path, exec_log: Path, sq
     }
     path = tmp_path / "intercept.yaml"
     path.write_text(yaml.safe_dump(intercept))
-    with running_gateway(sqlite_gwconf(str(path)), tmp_path, in_process=True) as gw:
+    with running_gateway(sqlite_gwconf(str(path)), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             assert not (await client.call_tool("echo", {"text": "1"})).is_error
             assert not (await client.call_tool("echo", {"text": "2"})).is_error
@@ -310,7 +308,7 @@ async def test_shadow_mode_records_but_enforces_nothing(
         "hide": ["crash"],
         "rules": [{"name": "would deny", "tools": "delete_thing", "action": "deny", "reason": "not yet"}],
     }
-    with running_gateway(sqlite_gwconf(pol), tmp_path, in_process=True) as gw:
+    with running_gateway(sqlite_gwconf(pol), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             assert "crash" in {t.name for t in (await client.list_tools()).tools}
             assert not (await client.call_tool("delete_thing", {"name": "x"})).is_error
@@ -328,7 +326,7 @@ async def test_audit_records_every_outcome_with_secrets_redacted(
     tmp_path: Path, exec_log: Path, gwconf: Any
 ) -> None:
     pol = {"default": "allow", "rules": [{"tools": "fail", "action": "deny", "reason": "no"}]}
-    with running_gateway(gwconf(pol, max_argument_bytes=2000), tmp_path, in_process=True) as gw:
+    with running_gateway(gwconf(pol, max_argument_bytes=2000), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await client.call_tool(
                 "echo",

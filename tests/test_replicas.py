@@ -124,7 +124,7 @@ async def test_killing_a_replica_withdraws_its_held_calls_and_the_other_keeps_se
     tmp_path: Path, exec_log: Path, pg: Any
 ) -> None:
     db = pg.new_database()
-    a = start_gateway(replica_config(exec_log, db, "a"), tmp_path, name="a")
+    a = start_gateway(replica_config(exec_log, db, "a"), tmp_path, name="a", own_process=True)
     try:
         with running_gateway(replica_config(exec_log, db, "b"), tmp_path, name="b") as b:
             admin_b = Admin(b.control_url)

@@ -168,7 +168,8 @@ def config(tmp_path: Path, upstream_url: str, timeout: str = "30s") -> dict[str,
 @asynccontextmanager
 async def gateway(cfg: dict[str, Any], tmp_path: Path, env: dict[str, str]) -> AsyncIterator[Any]:
     # In a thread: the gateway exports to the receiver in this loop while we wait for it to be ready.
-    gw = await asyncio.to_thread(start_gateway, cfg, tmp_path, env=env)
+    # Its own process: OpenTelemetry's tracer provider is one per process, set up from OTEL_* variables.
+    gw = await asyncio.to_thread(start_gateway, cfg, tmp_path, env=env, own_process=True)
     try:
         yield gw
     finally:

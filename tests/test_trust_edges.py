@@ -45,7 +45,7 @@ async def test_a_hidden_tool_and_an_unknown_one_get_the_same_answer_without_aski
     # call path (as it did) would answer that name 1.5 s later than a hidden one.
     config = gateway_config(exec_log, HIDE_CRASH, approvers=APPROVERS)
     config["upstreams"]["echo"] = stdio_echo(exec_log, env={"EXEC_LOG": str(exec_log), "LIST_DELAY": "1.5"})
-    with running_gateway(config, tmp_path, ready_timeout=60, in_process=True) as gw:
+    with running_gateway(config, tmp_path, ready_timeout=60) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await client.call_tool("echo", {"text": "catalog loaded"})
             for _ in range(3):
@@ -57,9 +57,7 @@ async def test_a_hidden_tool_and_an_unknown_one_get_the_same_answer_without_aski
 
 
 async def test_unknown_and_hidden_names_share_one_metric_label(tmp_path: Path, exec_log: Path) -> None:
-    with running_gateway(
-        gateway_config(exec_log, HIDE_CRASH, approvers=APPROVERS), tmp_path, in_process=True
-    ) as gw:
+    with running_gateway(gateway_config(exec_log, HIDE_CRASH, approvers=APPROVERS), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             names = [f"probe_{i}_" + "n" * 2000 for i in range(40)]
             for name in [*names, "crash"]:
@@ -86,9 +84,7 @@ async def raw_call(
 async def test_nan_and_huge_integers_are_refused_clearly_and_the_page_api_stays_valid_json(
     tmp_path: Path, exec_log: Path
 ) -> None:
-    with running_gateway(
-        gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path, in_process=True
-    ) as gw:
+    with running_gateway(gateway_config(exec_log, policy(HOLD), approvers=APPROVERS), tmp_path) as gw:
         async with httpx2.AsyncClient(timeout=20) as http:
             r = await http.post(gw.mcp_url, json=RAW_INIT, headers=RAW_HEADERS)
             headers = {

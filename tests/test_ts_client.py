@@ -33,7 +33,7 @@ def _config() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("ts-client")
-    with running_gateway(_config(), tmp, name="gateway") as gw:
+    with running_gateway(_config(), tmp, name="gateway", own_process=True) as gw:
         yield gw
 
 

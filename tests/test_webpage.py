@@ -53,7 +53,7 @@ def config(exec_log: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def gateway(tmp_path: Path, exec_log: Path) -> Any:
-    with running_gateway(config(exec_log), tmp_path, in_process=True) as gw:
+    with running_gateway(config(exec_log), tmp_path) as gw:
         yield gw
 
 
@@ -299,7 +299,7 @@ async def test_single_sign_on_through_a_real_openid_provider_then_approve(
         cfg = config(exec_log)
         cfg["control"]["port"] = control_port
         cfg["oidc"] = {"issuer": idp.issuer, "client_id": idp.client_id, "client_secret_env": "OIDC_SECRET"}
-        with running_gateway(cfg, tmp_path, env={"OIDC_SECRET": idp.client_secret}, in_process=True) as gw:
+        with running_gateway(cfg, tmp_path, env={"OIDC_SECRET": idp.client_secret}) as gw:
             async with Client(gw.mcp_url, mode="legacy") as client:
                 page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
                 call = held_call(client, "zeta")

@@ -53,7 +53,7 @@ async def test_the_approver_sees_every_byte_and_the_audit_keeps_no_secret(
     tmp_path: Path, exec_log: Path
 ) -> None:
     config = gateway_config(exec_log, {"default": "allow", "rules": [HOLD_ECHO]}, approvers=APPROVERS)
-    with running_gateway(config, tmp_path, in_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             call = asyncio.create_task(client.call_tool("echo", {"text": TEXT}))

@@ -73,7 +73,7 @@ async def test_sqlite_file_locked_by_another_process_during_load(
 ) -> None:
     path = tmp_path / "locked.db"
     db = f"sqlite+aiosqlite:///{path}"
-    with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV) as gw:
+    with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV, own_process=True) as gw:
         run = Run(Load(gw.mcp_url, SESSIONS, SECONDS), Approver(gw.control_url))
         lockers: list[subprocess.Popen[str]] = []
 
@@ -114,7 +114,7 @@ async def test_postgres_stopped_and_restarted_during_load(tmp_path: Path, exec_l
     pg = await asyncio.to_thread(start_postgres)  # our own cluster: stopping it affects no other test
     try:
         db = await asyncio.to_thread(pg.new_database)
-        with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV) as gw:
+        with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV, own_process=True) as gw:
             # Calls that need the database (approval requests, the shared rate limit) fail closed while
             # it is down, with a reason; the scripted approver clicks again when a click gets a 500.
             outage = frozenset({"approval_unavailable", "store_unavailable"})

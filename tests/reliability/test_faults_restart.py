@@ -47,7 +47,7 @@ async def test_gateway_sigkilled_during_load_and_restarted_on_the_same_database(
     db = f"sqlite+aiosqlite:///{tmp_path / 'restart.db'}"
     config = load_config(exec_log, db, audit={"flush_interval": f"{FLUSH}s"})
     config["listen"] = {"host": "127.0.0.1", "port": free_port()}  # the same address after the restart
-    first = start_gateway(config, tmp_path, env=GATEWAY_ENV, name="first")
+    first = start_gateway(config, tmp_path, env=GATEWAY_ENV, name="first", own_process=True)
     gateways = [first]
     try:
         run = Run(

@@ -49,7 +49,7 @@ async def test_upstream_killed_and_crashing_during_load(tmp_path: Path, exec_log
     # The SDK lists tools after a call of a tool it has not seen listed (to validate the result);
     # during the outage that listing fails ("unknown=listing_failed").
     tolerated = frozenset({"upstream_unavailable", "unknown=denied", "unknown=listing_failed"})
-    with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV) as gw:
+    with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV, own_process=True) as gw:
         run = Run(Load(gw.mcp_url, SESSIONS, SECONDS, tolerated=tolerated), Approver(gw.control_url))
         killed: list[int] = []
 
@@ -111,7 +111,7 @@ async def test_upstream_hanging_during_load(tmp_path: Path, exec_log: Path, figu
     config["upstreams"]["echo"]["call_timeout"] = "1s"
     mix = Mix(sleep=8, sleep_seconds=30.0)
     tolerated = frozenset({"upstream_timeout"})
-    with running_gateway(config, tmp_path, env=GATEWAY_ENV) as gw:
+    with running_gateway(config, tmp_path, env=GATEWAY_ENV, own_process=True) as gw:
         run = Run(Load(gw.mcp_url, SESSIONS, SECONDS, mix=mix, tolerated=tolerated), Approver(gw.control_url))
         await run.drive()
         back = await serves_again(gw.mcp_url)

@@ -41,7 +41,7 @@ async def test_load_mixed_calls_every_call_audited_once_memory_flat(
 ) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'load.db'}"
     config = load_config(exec_log, db)
-    with running_gateway(config, tmp_path, env=GATEWAY_ENV) as gw:
+    with running_gateway(config, tmp_path, env=GATEWAY_ENV, own_process=True) as gw:
         load = Load(gw.mcp_url, sessions=SESSIONS, duration=SECONDS)
         approver = Approver(gw.control_url)
         sampler = RssSampler(gw.popen.pid)

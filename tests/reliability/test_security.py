@@ -75,7 +75,7 @@ async def test_requests_without_a_valid_token_get_401_run_nothing_and_are_not_au
         "non-latin": "Bearer tökén-ünïcode",
     }
     refused = 0
-    with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV) as gw:
+    with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV, own_process=True) as gw:
         async with httpx2.AsyncClient(timeout=20) as http:
             session_headers = await open_session(http, gw.mcp_url, a_token)
             for name, auth in credentials.items():
@@ -116,7 +116,7 @@ async def test_requests_without_a_valid_token_get_401_run_nothing_and_are_not_au
 
 async def test_a_session_answers_only_the_identity_that_opened_it(tmp_path: Path, exec_log: Path) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'bind.db'}"
-    with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV) as gw:
+    with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV, own_process=True) as gw:
         async with httpx2.AsyncClient(timeout=20) as http:
             as_a = await open_session(http, gw.mcp_url, TOKENS["agent-a"])
             as_b = {**as_a, **bearer(TOKENS["agent-b"])}  # B presents A's session id
@@ -147,7 +147,7 @@ async def test_only_people_decide_and_only_people_or_the_admin_token_read_approv
     tmp_path: Path, exec_log: Path
 ) -> None:
     db = f"sqlite+aiosqlite:///{tmp_path / 'admin.db'}"
-    with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV) as gw:
+    with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV, own_process=True) as gw:
         admin = Admin(gw.control_url)
         async with session(gw.mcp_url, TOKENS["agent-a"]) as client:
             call = asyncio.create_task(client.call_tool("delete_thing", {"name": "approve-mine"}))
@@ -199,7 +199,9 @@ async def test_the_configured_admin_token_is_never_logged(tmp_path: Path, exec_l
     config = load_config(exec_log, db)
     config["control"]["admin_token"] = "${SIGNOFF_TEST_ADMIN_TOKEN}"
     secret = "admin-secret-from-the-environment-0123456789"
-    with running_gateway(config, tmp_path, env={**GATEWAY_ENV, "SIGNOFF_TEST_ADMIN_TOKEN": secret}) as gw:
+    with running_gateway(
+        config, tmp_path, env={**GATEWAY_ENV, "SIGNOFF_TEST_ADMIN_TOKEN": secret}, own_process=True
+    ) as gw:
         admin = Admin(gw.control_url, token=secret)
         assert await admin.audit() == []  # the token works
         time.sleep(0.2)
