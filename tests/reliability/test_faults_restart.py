@@ -65,7 +65,9 @@ async def test_gateway_sigkilled_during_load_and_restarted_on_the_same_database(
             first.stop(signal.SIGKILL)
             moments["kill"], moments["kill_wall"] = time.monotonic(), time.time()
             run.note("SIGKILL gateway")
-            second = await asyncio.to_thread(start_gateway, config, tmp_path, env=GATEWAY_ENV, name="second")
+            second = await asyncio.to_thread(
+                start_gateway, config, tmp_path, env=GATEWAY_ENV, name="second", own_process=True
+            )
             gateways.append(second)
             moments["back"] = time.monotonic()
             run.note("restarted")
