@@ -195,8 +195,37 @@ def pg() -> Iterator[Any]:
 SERVICE_FIXTURES = {"pg": "postgres", "browser": "browser"}
 
 
+# The files that take longest, longest first (measured with --junitxml): pytest-xdist hands out
+# whole files in collection order, and a long file handed out last runs alone at the end.
+LONGEST_FIRST = (
+    "test_clients.py",  # real clients waiting out their 60 s timeouts
+    "test_package.py",  # a wheel installed into a fresh venv
+    "test_approvals.py",
+    "test_faults_database.py",
+    "test_cli.py",
+    "test_contracts.py",
+    "test_hostile_input.py",
+    "test_conformance.py",
+    "test_faults_upstream.py",
+    "test_load.py",
+    "test_gateway.py",
+    "test_grants.py",
+    "test_oidc.py",
+    "test_webpage.py",
+    "test_replicas.py",
+    "test_faults_restart.py",
+    "test_stdio_desk.py",
+)
+
+
+def _file_rank(item: pytest.Item) -> int:
+    name = item.path.name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Fail collection when a test uses a service fixture without its marker."""
+    """Fail collection when a test uses a service fixture without its marker; longest files first."""
+    items.sort(key=_file_rank)  # stable: each file's tests keep their order
     unmarked = [
         f"{item.nodeid} uses the `{fixture}` fixture without @pytest.mark.{marker}"
         for item in items
