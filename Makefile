@@ -37,7 +37,7 @@ demo-replicas: venv
 	$(BIN)/signoff demo --replicas 2
 
 test: preflight
-	$(BIN)/python -m pytest -q -n 4 --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -195,8 +195,9 @@ def pg() -> Iterator[Any]:
 SERVICE_FIXTURES = {"pg": "postgres", "browser": "browser"}
 
 
-# The files that take longest, longest first (measured with --junitxml): pytest-xdist hands out
-# whole files in collection order, and a long file handed out last runs alone at the end.
+# The files that take longest, longest first (measured with --junitxml): with `--dist loadfile
+# --no-loadscope-reorder` (the Makefile's) pytest-xdist hands out whole files in collection order,
+# and a long file handed out last runs alone at the end.
 LONGEST_FIRST = (
     "test_clients.py",  # real clients waiting out their 60 s timeouts
     "test_package.py",  # a wheel installed into a fresh venv
