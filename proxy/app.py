@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import uuid
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -46,10 +45,10 @@ from proxy.policies import PolicySet
 from proxy.presence import Presence, WatchResponses
 from proxy.ratelimit import MemoryRateLimiter
 from proxy.records import Approval
-from proxy.secretfiles import read_or_create_secret
+from proxy.secretfiles import admin_token_path, read_or_create_secret
 from proxy.shared_limits import DatabaseRateLimiter
 from proxy.signin import SignIn
-from proxy.store import Store, sqlite_path
+from proxy.store import Store
 from proxy.tokens import new_token
 from proxy.webui import ApprovalsApi, WebChannel
 
@@ -188,7 +187,7 @@ class App:
         Every gateway on one SQLite file shares it, so a second stdio gateway never invalidates the
         token the first one's page and `signoff approvals list` use.
         """
-        path = admin_token_path(self.config)
+        path = admin_token_path(self.config.database_url)
         if path is None:
             return new_token()
         try:
@@ -556,12 +555,6 @@ def _pagerduty(config: Config) -> PagerDuty | None:
     if cfg is None:
         return None
     return PagerDuty(cfg, cfg.api_token(), cfg.routing_key())
-
-
-def admin_token_path(config: Config) -> Path | None:
-    """Where a generated admin token is kept: beside the SQLite file (none for other databases)."""
-    db = sqlite_path(config.database_url)  # absolute: the config anchors relative SQLite paths
-    return db.with_name(db.name + ".admin-token") if db is not None else None
 
 
 def _loopback(host: str) -> bool:

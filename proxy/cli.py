@@ -398,8 +398,8 @@ def _since(value: str | None) -> datetime | None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from proxy.audit_view import audit_json
     from proxy.store import Store
-    from proxy.webui import audit_json
 
     path = _config_arg(args, required=False)
     url = args.database or (_load(path).database_url if path else None)
@@ -467,11 +467,11 @@ def _control_base(config: Config) -> str:
 
 def _viewing_token(config: Config) -> str:
     """Your own token if you set one, else the admin token (which can view but never decide)."""
-    from proxy.app import admin_token_path
+    from proxy.secretfiles import admin_token_path
 
     token = os.environ.get(APPROVER_TOKEN_ENV, "").strip() or config.control.admin_token or ""
     if not token:
-        path = admin_token_path(config)
+        path = admin_token_path(config.database_url)
         if path is not None and path.exists():
             token = path.read_text().strip()
     if not token:

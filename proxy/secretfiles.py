@@ -47,3 +47,16 @@ def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
         os.fchmod(fh.fileno(), OWNER_ONLY)
         fh.write(value := make())
     return value
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL (None for another database or an in-memory one)."""
+    if not url.startswith("sqlite") or ":memory:" in url or "///" not in url:
+        return None
+    return Path(url.split("///", 1)[1].split("?", 1)[0])
+
+
+def admin_token_path(database_url: str) -> Path | None:
+    """Where a generated admin token is kept: beside the SQLite file (none for other databases)."""
+    db = sqlite_path(database_url)  # absolute: the config anchors relative SQLite paths
+    return db.with_name(db.name + ".admin-token") if db is not None else None

@@ -24,7 +24,7 @@ from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from proxy.records import APPROVED, EXPIRED, PENDING, WITHDRAWN, Approval, AuditRecord, Grant, ToolPin, utcnow
-from proxy.secretfiles import make_private
+from proxy.secretfiles import make_private, sqlite_path
 
 log = logging.getLogger("signoff.store")
 
@@ -897,13 +897,6 @@ async def _schema_lock(db: Path | None) -> Any:
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL (None for another database or an in-memory one)."""
-    if not url.startswith("sqlite") or ":memory:" in url or "///" not in url:
-        return None
-    return Path(url.split("///", 1)[1].split("?", 1)[0])
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:

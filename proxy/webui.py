@@ -15,10 +15,11 @@ from aiohttp import web
 
 from proxy import grants
 from proxy.approvals import Broker, ClickResult
+from proxy.audit_view import audit_json
 from proxy.context import context_json
 from proxy.history import PastDecision, history_json, recent_decisions
 from proxy.pins import action_text
-from proxy.records import EXECUTED, PENDING, Approval, AuditRecord, Grant, utcnow
+from proxy.records import EXECUTED, PENDING, Approval, Grant, utcnow
 from proxy.redact import display_mask
 from proxy.signin import SignIn
 from proxy.store import Store
@@ -154,31 +155,6 @@ def grant_json(g: Grant) -> dict[str, Any]:
         "revokedAt": _iso(g.revoked_at),
         "revokedBy": g.revoked_by,
         "approvalId": g.approval_id,
-    }
-
-
-def audit_json(r: AuditRecord) -> dict[str, Any]:
-    return {
-        "at": _iso(r.at),
-        "callId": r.call_id,
-        "identity": r.identity,
-        "session": r.session_id,
-        "client": r.client_name,
-        "upstream": r.upstream,
-        "tool": r.tool,
-        "arguments": r.arguments,
-        "decision": r.decision,
-        "enforced": r.enforced,
-        "rule": r.rule,
-        "approvalId": r.approval_id,
-        "approvers": r.approvers,
-        "reason": r.reason,
-        "latencyMs": r.latency_ms,
-        "outcome": r.outcome,
-        "replica": r.replica,
-        "policyRevision": r.policy_revision,
-        "grantId": r.grant_id,
-        "editedHash": r.edited_hash,
     }
 
 
