@@ -324,7 +324,8 @@ async def test_expiry_rewrites_the_message(fake: FakeSlack, tmp_path: Path, exec
 async def test_withdrawn_when_the_client_gives_up(fake: FakeSlack, tmp_path: Path, exec_log: Path) -> None:
     async with gateway(config(fake, exec_log), tmp_path) as gw, mcp_client(gw.mcp_url) as client:
         with pytest.raises(MCPError):
-            await client.session.call_tool("delete_thing", {"name": "gone"}, read_timeout_seconds=1.0)
+            # Long enough for the request to be posted first, even on a loaded machine.
+            await client.session.call_tool("delete_thing", {"name": "gone"}, read_timeout_seconds=4.0)
         channel, ts, approval_id = await posted_request(fake)
         final = await wait_message(fake, channel, ts, "Withdrawn*")
         assert action_ids(final) == set() and "Nothing will run" in all_text(final)
