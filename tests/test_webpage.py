@@ -16,6 +16,7 @@ from typing import Any
 
 import mcp_types as types
 import pytest
+import pytest_asyncio
 from mcp import Client
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
@@ -24,7 +25,9 @@ from tests import chromium
 from tests.conftest import PEOPLE, executions, person_token, stdio_echo
 from tests.procs import Gateway, free_port, running_gateway
 
-pytestmark = pytest.mark.browser
+# One Chromium for the whole file (a page and context of its own per test): launching it per test
+# cost a couple of seconds of CPU each. Its tests therefore share the file's event loop.
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
 TOKEN = "page-test-admin-token"
 META = "dev.signoff/decision"
@@ -57,7 +60,7 @@ def gateway(tmp_path: Path, exec_log: Path) -> Any:
         yield gw
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
     """Headless Chromium as `tests.chromium` chooses it (the system's, else Playwright's own build)."""
     async with async_playwright() as pw:
@@ -76,7 +79,7 @@ async def browser() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def page(browser: Browser, tmp_path: Path) -> AsyncIterator[Page]:
     context = await browser.new_context()
     page = await context.new_page()
