@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import pytest
 from tests import nodetools
 from tests.procs import PYTHON, ROOT, Proc, free_port, running_gateway, spawn, wait_http
 
-# Module fixtures run the suite (5-35 s each here) inside the first test that needs them.
+# The `runs` fixture runs the suite three times at once (5-35 s each here) in the first test that needs it.
 pytestmark = [pytest.mark.node, pytest.mark.timeout(300)]
 
 FIXTURE = ROOT / "tests" / "fixtures" / "conformance_server.py"
@@ -104,9 +105,7 @@ def _run_suite(url: str, out_dir: Path, label: str) -> dict[str, list[dict[str, 
     return results
 
 
-@pytest.fixture(scope="module")
-def direct(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    tmp = tmp_path_factory.mktemp("conf-direct")
+def _direct(tmp: Path) -> dict[str, list[dict[str, Any]]]:
     proc, url = _start_fixture_http(tmp, "fixture")
     try:
         return _run_suite(url, tmp / "results", "direct")
@@ -114,9 +113,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str,
         proc.stop()
 
 
-@pytest.fixture(scope="module")
-def gw_stdio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    tmp = tmp_path_factory.mktemp("conf-gw-stdio")
+def _gw_stdio(tmp: Path) -> dict[str, list[dict[str, Any]]]:
     config = {"upstreams": {"conf": {"command": PYTHON, "args": [str(FIXTURE)], "cwd": str(ROOT)}}}
     with running_gateway(config, tmp, name="gateway") as gw:
         try:
@@ -125,9 +122,7 @@ def gw_stdio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
             (tmp / "gateway.tail.log").write_text(gw.output()[-20000:])
 
 
-@pytest.fixture(scope="module")
-def gw_http(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    tmp = tmp_path_factory.mktemp("conf-gw-http")
+def _gw_http(tmp: Path) -> dict[str, list[dict[str, Any]]]:
     proc, upstream_url = _start_fixture_http(tmp, "fixture")
     try:
         config = {"upstreams": {"conf": {"url": upstream_url, "headers": {}}}}
@@ -135,6 +130,33 @@ def gw_http(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str
             return _run_suite(gw.mcp_url, tmp / "results", "gateway, HTTP upstream")
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The three runs at once: each spends much of its time in the suite's own waits."""
+    kinds = {"direct": _direct, "gw_stdio": _gw_stdio, "gw_http": _gw_http}
+    with ThreadPoolExecutor(max_workers=len(kinds)) as pool:
+        futures = {
+            name: pool.submit(run, tmp_path_factory.mktemp(f"conf-{name.replace('_', '-')}"))
+            for name, run in kinds.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def direct(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+    return runs["direct"]
+
+
+@pytest.fixture(scope="module")
+def gw_stdio(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+    return runs["gw_stdio"]
+
+
+@pytest.fixture(scope="module")
+def gw_http(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+    return runs["gw_http"]
 
 
 @pytest.fixture(params=["gw_stdio", "gw_http"])
