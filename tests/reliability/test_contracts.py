@@ -60,7 +60,7 @@ async def test_waiting_retry_after_seconds_is_enough(tmp_path: Path, exec_log: P
     db = f"sqlite+aiosqlite:///{tmp_path / 'retry.db'}"
     too_early: list[tuple[float, float]] = []
     advertised: list[float] = []
-    with running_gateway(gateway_config(exec_log, pol, database_url=db), tmp_path, own_process=True) as gw:
+    with running_gateway(gateway_config(exec_log, pol, database_url=db), tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
             await client.list_tools()
             rounds = 14
@@ -102,7 +102,7 @@ async def test_an_approved_call_that_fails_upstream_reports_its_outcome(
     db = f"sqlite+aiosqlite:///{tmp_path / 'outcome.db'}"
     config = gateway_config(exec_log, pol, approvers=APPROVERS, database_url=db)
     config["upstreams"]["echo"]["call_timeout"] = "1s"
-    with running_gateway(config, tmp_path, own_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             call = asyncio.create_task(client.call_tool("sleep", {"seconds": 5}))
@@ -128,7 +128,7 @@ async def test_database_unavailable_refuses_calls_that_need_it_clearly(
     answers: dict[str, Any] = {}
     try:
         db = await asyncio.to_thread(pg.new_database)
-        with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV, own_process=True) as gw:
+        with running_gateway(load_config(exec_log, db), tmp_path, env=GATEWAY_ENV) as gw:
             async with session(gw.mcp_url, TOKENS["agent-a"]) as client:
                 await client.list_tools()
                 await asyncio.to_thread(pg.stop)
@@ -208,7 +208,7 @@ async def test_an_approved_request_whose_holder_died_is_withdrawn(
 async def test_a_client_on_the_newest_protocol_is_served(tmp_path: Path, exec_log: Path) -> None:
     """The Python SDK's default client (mode='auto', the newest protocol) works through the gateway."""
     db = f"sqlite+aiosqlite:///{tmp_path / 'modern.db'}"
-    with running_gateway(gateway_config(exec_log, None, database_url=db), tmp_path, own_process=True) as gw:
+    with running_gateway(gateway_config(exec_log, None, database_url=db), tmp_path) as gw:
         try:
             async with Client(gw.mcp_url) as client:  # mode="auto", the SDK's default
                 names = {t.name for t in (await client.list_tools()).tools}
@@ -233,7 +233,7 @@ async def test_an_approve_click_that_failed_half_way_can_be_repeated(
         exec_log, {"default": "allow", "rules": [two_of]}, approvers=APPROVERS, database_url=db
     )
     dsn = db.replace("postgresql+asyncpg://", "postgresql://")
-    with running_gateway(config, tmp_path, own_process=True) as gw:
+    with running_gateway(config, tmp_path) as gw:
         admin = Admin(gw.control_url)
         async with Client(gw.mcp_url, mode="legacy") as client:
             call = asyncio.create_task(client.call_tool("delete_thing", {"name": "half-way"}))

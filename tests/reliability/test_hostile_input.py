@@ -153,7 +153,7 @@ def test_fuzzed_json_rpc_frames_over_http_get_clear_errors_and_the_gateway_keeps
     config = gateway_config(exec_log, FUZZ_POLICY, database_url=db, max_argument_bytes=MAX_ARGS)
     seen: dict[str, int] = {}
     started = time.monotonic()
-    with running_gateway(config, tmp_path, own_process=True) as gw, httpx2.Client(timeout=20) as http:
+    with running_gateway(config, tmp_path) as gw, httpx2.Client(timeout=20) as http:
         headers = open_session(http, gw.mcp_url)
 
         @settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -210,7 +210,7 @@ def test_hostile_corpus_over_http(tmp_path: Path, exec_log: Path, figures) -> No
         )
 
     started = time.monotonic()
-    with running_gateway(config, tmp_path, own_process=True) as gw, httpx2.Client(timeout=20) as http:
+    with running_gateway(config, tmp_path) as gw, httpx2.Client(timeout=20) as http:
         h = open_session(http, gw.mcp_url)
 
         def post(body: bytes) -> tuple[int, dict[str, Any]]:
@@ -299,7 +299,7 @@ def test_one_hostile_value_does_not_stop_the_postgres_audit_log(
     """A value PostgreSQL cannot store (NUL in text, NaN in json) must not stop later records."""
     db = pg.new_database()
     with (
-        running_gateway(gateway_config(exec_log, None, database_url=db), tmp_path, own_process=True) as gw,
+        running_gateway(gateway_config(exec_log, None, database_url=db), tmp_path) as gw,
         httpx2.Client(timeout=20) as http,
     ):
         h = open_session(http, gw.mcp_url)
