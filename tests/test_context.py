@@ -18,11 +18,12 @@ from mcp import Client
 from playwright.async_api import Dialog, Page, expect
 
 from bot import blocks
+from tests.browser import browser, page  # noqa: F401 - fixtures
 from tests.conftest import ADMIN_TOKEN, PEOPLE, Admin, person_token
 from tests.fakeslack import SIGNING_SECRET, FakeSlack, block_action_payload, post_signed
 from tests.procs import PYTHON, ROOT, free_port, running_gateway
 from tests.test_slack import all_text, click, ephemerals_for, gateway, posted_request, wait_message
-from tests.test_webpage import browser, open_page, page  # noqa: F401 - fixtures
+from tests.test_webpage import open_page
 
 JOBS = str(ROOT / "proxy" / "demo" / "jobs_server.py")
 FIXTURE = str(ROOT / "tests" / "fixtures" / "changing_server.py")

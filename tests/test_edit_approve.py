@@ -21,6 +21,7 @@ from mcp import Client
 from playwright.async_api import Dialog, Page, expect
 
 from bot import blocks
+from tests.browser import browser, page  # noqa: F401 (headless Chromium and a page in it)
 from tests.conftest import DECISION, Admin, executions, person_token
 from tests.fakeslack import SIGNING_SECRET, FakeSlack, post_signed, view_submission_payload
 from tests.procs import ROOT, SIGNOFF, running_gateway
@@ -37,7 +38,6 @@ from tests.test_slack import (
     wait_message,
 )
 from tests.test_slack import config as slack_config
-from tests.test_webpage import browser, page  # noqa: F401 (headless Chromium and a page in it)
 
 
 def sha256(arguments: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from sqlmodel import SQLModel
 from bot import blocks
 from proxy.records import Approval, Grant, utcnow
 from proxy.store import MIGRATIONS, GrantRow, Store
+from tests.browser import browser, page  # noqa: F401 (headless Chromium and a page in it)
 from tests.conftest import Admin, executions, person_token
 from tests.fakeslack import SIGNING_SECRET, FakeSlack, block_action_payload, post_signed
 from tests.procs import ROOT, SIGNOFF, running_gateway
@@ -40,7 +41,6 @@ from tests.test_slack import (
     wait_message,
 )
 from tests.test_slack import config as slack_config
-from tests.test_webpage import browser, page  # noqa: F401 (headless Chromium and a page in it)
 
 
 def granting(grant: dict[str, Any], **approval: Any) -> dict[str, Any]:

@@ -18,10 +18,9 @@ import mcp_types as types
 import pytest
 import pytest_asyncio
 from mcp import Client
-from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
-from playwright.async_api import Error as PlaywrightError
+from playwright.async_api import Browser, Dialog, Page, expect
 
-from tests import chromium
+from tests.browser import fresh_page, launched
 from tests.conftest import PEOPLE, executions, person_token, stdio_echo
 from tests.procs import Gateway, free_port, running_gateway
 
@@ -62,35 +61,14 @@ def gateway(tmp_path: Path, exec_log: Path) -> Any:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    """Headless Chromium as `tests.chromium` chooses it (the system's, else Playwright's own build)."""
-    async with async_playwright() as pw:
-        try:
-            browser = await pw.chromium.launch(**chromium.launch_options())
-        except PlaywrightError as e:
-            pytest.fail(
-                f"cannot launch Chromium ({chromium.describe()}): {str(e).splitlines()[0]}\n"
-                "install the system's `chromium` package, or run `make test` (its preflight fetches "
-                "Playwright's build)",
-                pytrace=False,
-            )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launched() as b:
+        yield b
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def page(browser: Browser, tmp_path: Path) -> AsyncIterator[Page]:
-    context = await browser.new_context()
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        yield page
-    finally:
-        await page.screenshot(path=str(tmp_path / "approvals-page.png"), full_page=True)
-        await context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    async with fresh_page(browser, tmp_path) as p:
+        yield p
 
 
 def api(gw: Gateway, path: str) -> Any:
