@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Column, Index, case, delete, event, func, insert, inspect, or_, text, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import Field, SQLModel, col, select
@@ -296,8 +297,11 @@ class Store:
             await s.commit()
 
     async def approval(self, approval_id: str) -> Approval | None:
-        async with self.sessions() as s:
-            return _optional(Approval, await s.get(ApprovalRow, approval_id))
+        # Core, not the ORM: a decision reads and writes its row several times, and the ORM's
+        # identity map and attribute events were most of the cost of each (py-spy, 3,000 held calls).
+        async with self.engine.connect() as conn:
+            result = await conn.execute(sa_select(_APPROVAL).where(_APPROVAL.c.id == approval_id))
+            return _approval_or_none(result.mappings().first())
 
     async def approvals(
         self, status: str | None = None, limit: int = 100, ids: Sequence[str] = ()
@@ -318,23 +322,22 @@ class Store:
         Returns the updated row, or None if someone else moved it first (the caller lost the race).
         """
         froms = [from_status] if isinstance(from_status, str) else list(from_status)
-        async with self._writing(), self.sessions() as s:
-            result = await s.exec(
-                update(ApprovalRow)
-                .where(col(ApprovalRow.id) == approval_id, col(ApprovalRow.status).in_(froms))
+        async with self._writing(), self.engine.begin() as conn:
+            result = await conn.execute(
+                update(_APPROVAL)
+                .where(_APPROVAL.c.id == approval_id, _APPROVAL.c.status.in_(froms))
                 .values(status=to_status, **values)
-                .returning(ApprovalRow)
+                .returning(*_APPROVAL.c)
             )
-            row = result.scalars().first()
+            row = result.mappings().first()
             if row is not None and self.is_postgres:
-                await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
-            await s.commit()
-            return _optional(Approval, row)
+                notify = text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id)
+                await conn.execute(notify)
+            return _approval_or_none(row)
 
     async def set_fields(self, approval_id: str, **values: Any) -> None:
-        async with self._writing(), self.sessions() as s:
-            await s.exec(update(ApprovalRow).where(col(ApprovalRow.id) == approval_id).values(**values))
-            await s.commit()
+        async with self._writing(), self.engine.begin() as conn:
+            await conn.execute(update(_APPROVAL).where(_APPROVAL.c.id == approval_id).values(**values))
 
     async def vote(
         self,
@@ -872,6 +875,15 @@ def _record(kind: type[R], row: SQLModel) -> R:
 
 def _optional(kind: type[R], row: SQLModel | None) -> R | None:
     return None if row is None else _record(kind, row)
+
+
+_APPROVAL = ApprovalRow.__table__  # type: ignore[attr-defined]
+_APPROVAL_FIELDS = tuple(f.name for f in dataclasses.fields(Approval))
+
+
+def _approval_or_none(row: Any) -> Approval | None:
+    """The record of a Core result row of the approval table (None for no row)."""
+    return None if row is None else Approval(**{name: row[name] for name in _APPROVAL_FIELDS})
 
 
 def _audit_row(fields: dict[str, Any]) -> dict[str, Any]:
