@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import aiohttp
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, Page, Route, async_playwright
+from playwright.async_api import Browser, Page, Route
 
 from proxy.config import ConfigError
 from proxy.oidc import (
@@ -30,7 +30,7 @@ from proxy.oidc import (
     OidcUnavailable,
     check_callback,
 )
-from tests import chromium
+from tests.browser import launched
 from tests.oidc import OidcProvider, running_oidc_provider
 from tests.procs import free_port
 
@@ -138,13 +138,8 @@ def idp_claims_in_token(rp: RelyingParty, tmp_path: Path) -> Iterator[OidcProvid
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    """Headless Chromium as `tests.chromium` chooses it (the system's, else Playwright's own build)."""
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(**chromium.launch_options())
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launched() as b:
+        yield b
 
 
 @pytest.fixture
