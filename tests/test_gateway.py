@@ -190,7 +190,7 @@ async def test_cancelled_call_stops_and_gateway_keeps_serving(tmp_path: Path, ex
             started = time.monotonic()
             with pytest.raises(MCPError):
                 await client.session.call_tool("sleep", {"seconds": 10}, read_timeout_seconds=0.5)
-            assert time.monotonic() - started < 3
+            assert time.monotonic() - started < 6  # not the 10 s the tool would take
             assert (await client.call_tool("echo", {"text": "after"})).content[0].text == "after"
 
 
@@ -223,7 +223,7 @@ async def test_hanging_upstream_is_bounded_by_call_timeout(tmp_path: Path, exec_
         async with Client(gw.mcp_url, mode="legacy") as client:
             started = time.monotonic()
             result = await client.call_tool("sleep", {"seconds": 30})
-            assert 0.9 < time.monotonic() - started < 5
+            assert 0.9 < time.monotonic() - started < 15  # the 1 s call timeout, not the tool's 30 s
             assert result.is_error and result.meta[META]["reason"] == "upstream_timeout"
             assert "did not answer within 1s" in result.content[0].text
             assert (await client.call_tool("echo", {"text": "ok"})).content[0].text == "ok"
