@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import JSON, Column, Index, case, delete, event, func, insert, inspect, or_, text, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -323,17 +323,20 @@ class Store:
         """
         froms = [from_status] if isinstance(from_status, str) else list(from_status)
         async with self._writing(), self.engine.begin() as conn:
-            result = await conn.execute(
-                update(_APPROVAL)
-                .where(_APPROVAL.c.id == approval_id, _APPROVAL.c.status.in_(froms))
-                .values(status=to_status, **values)
-                .returning(*_APPROVAL.c)
-            )
-            row = result.mappings().first()
-            if row is not None and self.is_postgres:
-                notify = text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id)
-                await conn.execute(notify)
-            return _approval_or_none(row)
+            return _approval_or_none(await self._move(conn, approval_id, froms, status=to_status, **values))
+
+    async def _move(self, conn: AsyncConnection, approval_id: str, froms: list[str], **values: Any) -> Any:
+        """UPDATE … RETURNING the row if its status is still one of `froms`; wakes other replicas."""
+        result = await conn.execute(
+            update(_APPROVAL)
+            .where(_APPROVAL.c.id == approval_id, _APPROVAL.c.status.in_(froms))
+            .values(**values)
+            .returning(*_APPROVAL.c)
+        )
+        row = result.mappings().first()
+        if row is not None and self.is_postgres:
+            await conn.execute(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
+        return row
 
     async def set_fields(self, approval_id: str, **values: Any) -> None:
         async with self._writing(), self.engine.begin() as conn:
@@ -435,20 +438,13 @@ class Store:
     ) -> Approval | None:
         """`transition` that, when it wins, also creates `grant` — in one transaction, so a grant never
         exists for a request someone else decided differently."""
-        async with self._writing(), self.sessions() as s:
-            result = await s.exec(
-                update(ApprovalRow)
-                .where(col(ApprovalRow.id) == approval_id, col(ApprovalRow.status) == from_status)
-                .values(status=to_status, grant_id=grant.id, **values)
-                .returning(ApprovalRow)
+        async with self._writing(), self.engine.begin() as conn:
+            row = await self._move(
+                conn, approval_id, [from_status], status=to_status, grant_id=grant.id, **values
             )
-            row = result.scalars().first()
             if row is not None:
-                s.add(GrantRow(**_fields(grant)))
-                if self.is_postgres:
-                    await s.exec(text("SELECT pg_notify('signoff_decided', :id)").bindparams(id=approval_id))
-            await s.commit()
-            return _optional(Approval, row)
+                await conn.execute(insert(GrantRow.__table__).values(**_fields(grant)))  # type: ignore[attr-defined]
+            return _approval_or_none(row)
 
     # -- grants ------------------------------------------------------------------------------
 
