@@ -161,12 +161,12 @@ def start_gateway(
     ours = "listen" not in config and "control" not in config
     for _ in range(3):
         try:
-            return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path, not own_process)
+            return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path, own_process)
         except PortTaken:
             if not ours:
                 raise
             (tmp_path / f"{name}.log").unlink(missing_ok=True)  # the retry's log without this attempt
-    return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path, not own_process)
+    return _start_gateway(config, tmp_path, env, name, ready_timeout, ready_path, own_process)
 
 
 class PortTaken(RuntimeError):
@@ -180,14 +180,14 @@ def _start_gateway(
     name: str,
     ready_timeout: float,
     ready_path: str,
-    in_process: bool,
+    own_process: bool,
 ) -> Any:
     config = dict(config)
     config.setdefault("listen", {"host": "127.0.0.1", "port": free_port()})
     config.setdefault("control", {"host": "127.0.0.1", "port": free_port()})
     config.setdefault("database_url", f"sqlite+aiosqlite:///{tmp_path / (name + '.db')}")
     path = write_config(config, tmp_path / f"{name}.yaml")
-    if in_process:
+    if not own_process:
         return _start_in_process(config, path, env, ready_timeout, ready_path)
     proc = spawn([*SIGNOFF, "serve", "--config", str(path)], tmp_path / f"{name}.log", env=env)
     listen, control = config["listen"], config["control"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -149,19 +148,11 @@ def direct(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, list[d
     return runs["direct"]
 
 
-@pytest.fixture(scope="module")
-def gw_stdio(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
-    return runs["gw_stdio"]
-
-
-@pytest.fixture(scope="module")
-def gw_http(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
-    return runs["gw_http"]
-
-
 @pytest.fixture(params=["gw_stdio", "gw_http"])
-def gateway_run(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, list[dict[str, Any]]]]]:
-    yield request.param, request.getfixturevalue(request.param)
+def gateway_run(
+    request: pytest.FixtureRequest, runs: dict[str, dict[str, list[dict[str, Any]]]]
+) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    return request.param, runs[request.param]
 
 
 # --------------------------------------------------------------------------- helpers
