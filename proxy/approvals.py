@@ -101,8 +101,13 @@ class HeldCall:
             self.future.set_result(status)
 
     async def wait(self, report: Callable[[float], Awaitable[None]] | None, every: float) -> str:
-        """Wait for the decision, calling `report(seconds_waited)` every `every` seconds."""
+        """Wait for the decision, calling `report(seconds_waited)` at once and every `every` seconds."""
         started = time.monotonic()
+        # At once too: a short hold on a busy gateway may be decided or expire before the first
+        # interval, and the agent should still learn that its call is waiting for a person.
+        if report is not None and not self.future.done():
+            with contextlib.suppress(Exception):
+                await report(0.0)
         while True:
             try:
                 return await asyncio.wait_for(asyncio.shield(self.future), every)
@@ -226,26 +231,32 @@ class Broker:
         if spec.mode == "hold":
             self.held[approval.id] = HeldCall(approval, call.id)
         self._schedule_expiry(approval.id, approval.expires_at)
+        self.escalation.posting.add(approval.id)
+        try:
+            try:
+                ref = await self.channel.post(approval)
+            except Exception as e:
+                log.error("could not post approval %s: %s", approval.id, e)
+                self.held.pop(approval.id, None)
+                self._unschedule(approval.id)
+                await self.store.transition(
+                    approval.id,
+                    PENDING,
+                    WITHDRAWN,
+                    decided_at=utcnow(),
+                    decided_by="(channel)",
+                    decision_reason=f"could not be posted: {e}",
+                )
+                raise ApprovalUnavailable(str(e)) from e
+            if ref is not None:
+                approval.message_channel, approval.message_ts = ref
+                await self.store.set_fields(approval.id, message_channel=ref[0], message_ts=ref[1])
+        finally:
+            self.escalation.posting.discard(approval.id)
+        # Only once it is posted: an escalation links to (or replies under) the request's message, and
+        # a post slower than `escalate_after` would otherwise escalate a message nobody could see yet.
         if approval.escalate_at is not None:
             self.escalation.schedule(approval.id, approval.escalate_at)
-        try:
-            ref = await self.channel.post(approval)
-        except Exception as e:
-            log.error("could not post approval %s: %s", approval.id, e)
-            self.held.pop(approval.id, None)
-            self._unschedule(approval.id)
-            await self.store.transition(
-                approval.id,
-                PENDING,
-                WITHDRAWN,
-                decided_at=utcnow(),
-                decided_by="(channel)",
-                decision_reason=f"could not be posted: {e}",
-            )
-            raise ApprovalUnavailable(str(e)) from e
-        if ref is not None:
-            approval.message_channel, approval.message_ts = ref
-            await self.store.set_fields(approval.id, message_channel=ref[0], message_ts=ref[1])
         return approval
 
     async def wait(

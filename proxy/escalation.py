@@ -45,6 +45,8 @@ class Escalation:
         self.page_url = page_url
         self.scheduler = scheduler
         self.background = background
+        # Requests this process is still posting: nothing to link to or reply under yet.
+        self.posting: set[str] = set()
 
     async def start(self) -> None:
         """Re-arm the timers of requests still waiting to escalate (overdue ones fire at once)."""
@@ -54,7 +56,8 @@ class Escalation:
     async def sweep(self) -> None:
         """Escalate every overdue request nobody has escalated yet (safe on every replica)."""
         for approval_id, _ in await self.store.escalations_waiting(due_by=utcnow()):
-            await self.escalate(approval_id)
+            if approval_id not in self.posting:  # its timer is armed once the post is done
+                await self.escalate(approval_id)
 
     def schedule(self, approval_id: str, at: datetime) -> None:
         self.scheduler.add_job(

@@ -61,6 +61,7 @@ class FakePagerDuty:
     events: list[dict[str, Any]] = field(default_factory=list)
     """Every accepted Events API event, in order of arrival."""
     _faults: dict[str, _Fault] = field(default_factory=dict)
+    _oncalls_delay: float = 0.0
     _runner: web.AppRunner | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -105,6 +106,10 @@ class FakePagerDuty:
         for name in ("rest", "events") if api == "both" else (api,):
             self._faults[name] = _Fault(status, times)
 
+    def slow_oncalls(self, seconds: float) -> None:
+        """Answer `/oncalls` only after `seconds` (0: at once again)."""
+        self._oncalls_delay = seconds
+
     async def refuse_connections(self) -> None:
         """Close the port and the kept-alive connections: clients get "connection refused" until `recover`."""
         await self.stop()
@@ -112,6 +117,7 @@ class FakePagerDuty:
     async def recover(self) -> None:
         """Clear every fault and serve again on the same port."""
         self._faults.clear()
+        self._oncalls_delay = 0.0
         if self._runner is None:
             await self.start()
 
@@ -160,6 +166,8 @@ class FakePagerDuty:
     async def _oncalls(self, request: web.Request) -> web.Response:
         query = {k: request.query.getall(k) for k in request.query}
         auth = request.headers.get("Authorization")
+        if self._oncalls_delay:
+            await asyncio.sleep(self._oncalls_delay)  # the fault itself: a slow PagerDuty
         status, body = self._answer_oncalls(query, auth)
         self.oncall_requests.append(OnCallRequest(query, auth, status))
         self._changed.set()

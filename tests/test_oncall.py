@@ -407,6 +407,46 @@ async def test_slack_names_who_is_on_call_refuses_the_others_and_escalates_to_th
             await pd.wait_for_events(1, "resolve")
 
 
+async def test_a_request_slow_to_post_escalates_only_once_posted_with_its_link(
+    tmp_path: Path, exec_log: Path, pd: FakePagerDuty
+) -> None:
+    """Who is on call takes longer than `escalate_after` to learn: the escalation still follows the
+    request's message and links to it."""
+    pd.set_on_call(SCHEDULE, "carol@example.com")
+    pd.slow_oncalls(1.5)  # within the post's wait for PagerDuty (2 s), beyond the escalation (0.5 s)
+    rule = hold(escalate_after="0.5s", escalate_to={"channel": "C0ESCALATE"})
+    async with FakeSlack() as slack:
+        config = on_call_config(
+            exec_log,
+            tmp_path,
+            pd,
+            rule,
+            slack={
+                "bot_token": BOT_TOKEN,
+                "channel": "C0123",
+                "api_url": slack.api_url,
+                "mode": "http",
+                "signing_secret": SIGNING_SECRET,
+            },
+        )
+        async with gateway(config, tmp_path) as gw, Client(gw.mcp_url, mode="legacy") as client:
+            task = asyncio.create_task(call_held(client, "db7"))
+            escalated = await slack.wait_until(
+                lambda: [m for (c, _), m in slack.messages.items() if c == "C0ESCALATE"] or None, 10
+            )
+            posted = [key for key in slack.messages if key[0] == "C0123"]
+            assert len(posted) == 1, "the request is posted before its escalation"
+            [(channel, ts)] = posted
+            assert ts < escalated[0]["ts"]
+            assert f"archives/{channel}/p{ts.replace('.', '')}" in json.dumps(escalated[0])
+            assert ":pager: On call now: <@U_CAROL>" in json.dumps(slack.message(channel, ts))
+            [pending] = await Admin(gw.control_url).pending()
+            status, _ = await Admin(gw.control_url).decide(pending["id"], "approve", "carol")
+            assert status == 200
+            result, _ = await asyncio.wait_for(task, 10)
+            assert not result.is_error
+
+
 def _approve_value(message: dict[str, Any]) -> str | None:
     for block in message.get("blocks", []):
         for element in block.get("elements", []):
