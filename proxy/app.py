@@ -483,6 +483,7 @@ class App:
             json_response=listen.json_response,
             body_limit=body_limit,
             loopback=listen.host in ("127.0.0.1", "localhost", "::1"),
+            linger=grace,
         )
         front = BearerAuth(self.lean, self.identities)
         # A client's `traceparent` header parents the request's spans (only when traces are exported).

@@ -213,6 +213,69 @@ async def test_a_resumed_stream_within_the_grace_keeps_its_call(tmp_path: Path, 
     assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["resumed"]
 
 
+async def test_a_call_cancelled_on_its_stream_is_withdrawn_and_its_stream_ends_saying_so(
+    tmp_path: Path, exec_log: Path
+) -> None:
+    with gateway(exec_log, tmp_path, grace="60s") as gw:
+        admin = Admin(gw.control_url)
+        headers = await open_session(gw.mcp_url)
+        events: list[Event] = []
+        pending: dict[str, Any] | None = None
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=30) as http,
+            http.stream("POST", gw.mcp_url, json=delete_call(4, "cancelled")) as response,
+        ):
+            async for event in sse_events(response):
+                events.append(event)
+                progress = event.data and event.data.get("method") == "notifications/progress"
+                if progress and pending is None:  # held: the client changes its mind
+                    [pending] = await admin.pending()
+                    cancel = {"requestId": 4, "reason": "changed my mind"}
+                    r = await http.post(
+                        gw.mcp_url,
+                        json={"jsonrpc": "2.0", "method": "notifications/cancelled", "params": cancel},
+                    )
+                    assert r.status_code == 202, r.text
+        last = events[-1].data
+        assert (
+            pending is not None and last is not None and last["id"] == 4 and last["error"]["code"] == -32800
+        ), events
+        row = await wait_decided(admin, pending["id"], timeout=5)
+        assert row["status"] == "withdrawn" and "cancelled" in row["reason"], row
+        status, body = await approve(gw.control_url, pending["id"])
+        assert status == 409 and body["message"].startswith("Withdrawn")
+    assert executions(exec_log, "delete_thing") == []
+
+
+async def test_an_answer_that_came_while_the_client_was_away_is_replayed_when_it_resumes(
+    tmp_path: Path, exec_log: Path
+) -> None:
+    with gateway(exec_log, tmp_path, grace="30s") as gw:
+        admin = Admin(gw.control_url)
+        headers = await open_session(gw.mcp_url)
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+            async with http.stream("POST", gw.mcp_url, json=delete_call(6, "away")) as response:
+                seen = [e async for e in _until_progress(response)]
+            # Away (the stream is closed) while a person approves and the call runs.
+            [pending] = await admin.pending()
+            assert (await approve(gw.control_url, pending["id"]))[0] == 200
+            assert (await wait_decided(admin, pending["id"]))["status"] == "executed"
+            resume = {"Accept": "text/event-stream", "Last-Event-ID": seen[-1].id}
+            async with http.stream("GET", gw.mcp_url, headers=resume) as resumed:
+                assert resumed.status_code == 200
+                replayed = [e.data async for e in sse_events(resumed) if e.data is not None]
+    answers = [m for m in replayed if m.get("id") == 6]
+    assert [a["result"]["content"][0]["text"] for a in answers] == ["deleted away"], replayed
+    assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["away"]
+
+
+async def _until_progress(response: httpx2.Response) -> AsyncIterator[Event]:
+    async for event in sse_events(response):
+        yield event
+        if event.data and event.data.get("method") == "notifications/progress":
+            return
+
+
 async def test_a_session_deleted_while_held_withdraws_at_once(tmp_path: Path, exec_log: Path) -> None:
     with gateway(exec_log, tmp_path, grace="60s") as gw:  # a long grace: the DELETE alone must do it
         admin = Admin(gw.control_url)

@@ -2,7 +2,8 @@
 
 What a client sees must be the same whichever path answered (the conformance suite and every client
 test run through both); here we check that plain calls do take the lean path, in both protocol eras
-and both reply framings, and that what must not take it (a held call, progress) does not.
+and both reply framings, that calls which wait (held, progress) take it on a stream of their own,
+and that what must not take it (a session the upstream may send requests to) does not.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ async def test_plain_calls_take_the_lean_path_in_both_eras_and_framings(
     assert len(executions(exec_log, "echo")) == 3
 
 
-async def test_a_held_call_and_a_call_with_progress_take_the_sdk_path(tmp_path: Path, exec_log: Path) -> None:
+async def test_a_held_call_and_a_call_with_progress_take_a_lean_stream_and_a_session_that_can_be_asked_the_sdk(
+    tmp_path: Path, exec_log: Path
+) -> None:
     config = gateway_config(exec_log, policy(HOLD), approvers=APPROVERS)
     with running_gateway(config, tmp_path) as gw:
         async with Client(gw.mcp_url, mode="legacy") as client:
@@ -68,8 +71,21 @@ async def test_a_held_call_and_a_call_with_progress_take_the_sdk_path(tmp_path: 
 
             slept = await client.session.call_tool("sleep", {"seconds": 0.3}, progress_callback=on_progress)
             assert slept.content[0].text == "slept 0.3" and progress
-            assert lean_answers(gw.control_url) == before  # neither took the lean path
-    assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["db1"]
+            assert lean_answers(gw.control_url) == before + 2  # both on a stream of the lean path
+
+        async def on_elicit(*_: Any) -> Any:
+            raise AssertionError("not asked here")
+
+        # A client the upstream may ask things (elicitation): its calls ride the SDK's request streams.
+        async with Client(gw.mcp_url, mode="legacy", elicitation_callback=on_elicit) as asked:
+            await asked.call_tool("echo", {"text": "warm"})
+            before = lean_answers(gw.control_url)
+            held = asyncio.create_task(asked.call_tool("delete_thing", {"name": "db2"}))
+            [pending] = await Admin(gw.control_url).pending()
+            assert (await Admin(gw.control_url).decide(pending["id"], "approve", "alice"))[0] == 200
+            assert not (await asyncio.wait_for(held, 10)).is_error
+            assert lean_answers(gw.control_url) == before
+    assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["db1", "db2"]
 
 
 REFUSING = str(ROOT / "tests" / "fixtures" / "refusing_server.py")

@@ -177,13 +177,13 @@ async def gateway(cfg: dict[str, Any], tmp_path: Path, env: dict[str, str]) -> A
 
 
 @asynccontextmanager
-async def client_with_traceparent(url: str) -> AsyncIterator[Client]:
+async def client_with_traceparent(url: str, **options: Any) -> AsyncIterator[Client]:
     """An MCP client whose HTTP requests carry a W3C `traceparent` header (as an instrumented agent's)."""
     http = httpx2.AsyncClient(
         headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}, timeout=httpx2.Timeout(30, read=60)
     )
     try:
-        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy", **options) as client:
             yield client
     finally:
         await http.aclose()
@@ -229,7 +229,12 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
         assert not (await client.session.call_tool("get_status", {"target": "t2"}, meta=lean_meta)).is_error
         assert lean_answers(gw.control_url) == lean_before + 2
 
-        calls = await receiver.wait_for("signoff tools/call", 5)
+        # A session the upstream may send requests to (elicitation) is served by the SDK.
+        async with client_with_traceparent(gw.mcp_url, elicitation_callback=_never_asked) as asked:
+            assert not (await asked.call_tool("get_status", {"target": "t3"})).is_error
+        assert lean_answers(gw.control_url) == lean_before + 2
+
+        calls = await receiver.wait_for("signoff tools/call", 6)
         await receiver.wait_for("signoff upstream")
         await receiver.wait_for("signoff approval", 3)
 
@@ -237,7 +242,8 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
     assert resource["service.name"] == "signoff-under-test"
     by_id = {hexid(s.span_id): s for _, s in receiver.spans}
 
-    # 1. The client's HTTP traceparent is the root; the mcp SDK's request span is its child; ours under it.
+    # 1. The client's HTTP traceparent is the root and our request span its child (a held call waits on
+    #    a stream of the lean path: no SDK request span in between).
     approved = next(
         s
         for s in receiver.named("signoff approval")
@@ -245,9 +251,7 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
     )
     first = by_id[hexid(approved.parent_span_id)]
     assert hexid(first.trace_id) == CLIENT_TRACE
-    sdk_span = by_id[hexid(first.parent_span_id)]
-    assert sdk_span.name == "tools/call deploy" and sdk_span.kind == Span.SPAN_KIND_SERVER
-    assert hexid(sdk_span.parent_span_id) == CLIENT_SPAN
+    assert first.kind == Span.SPAN_KIND_SERVER and hexid(first.parent_span_id) == CLIENT_SPAN
     assert attributes(first)["gen_ai.tool.name"] == "deploy"
     assert (
         attributes(first)["signoff.outcome"] == "ok"
@@ -288,7 +292,7 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
 
     # 3. A `_meta` traceparent parents the request's spans too; the denial is on the approval span.
     second_call = next(s for s in calls if hexid(s.trace_id) == META_TRACE)
-    assert hexid(by_id[hexid(second_call.parent_span_id)].parent_span_id) == META_SPAN
+    assert hexid(second_call.parent_span_id) == META_SPAN
     refused = [s for _, s in receiver.spans if s.parent_span_id == second_call.span_id]
     assert {s.name for s in refused} == {"signoff policy", "signoff approval"}  # never reached the upstream
     denial = attributes(next(s for s in refused if s.name == "signoff approval"))
@@ -296,8 +300,14 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
     assert attributes(second_call)["signoff.outcome"] == "denied"
     assert second_call.status.code == 2  # STATUS_CODE_ERROR
 
-    # 4. The lean path: no SDK span in between, ours is the server span.
-    lean = [s for s in calls if attributes(s)["gen_ai.tool.name"] == "get_status"]
+    # 4. The lean path: no SDK span in between, ours is the server span; through the SDK, its
+    #    request span is the header's child and ours is under it.
+    status_calls = [s for s in calls if attributes(s)["gen_ai.tool.name"] == "get_status"]
+    [sdk_call] = [s for s in status_calls if hexid(s.parent_span_id) in by_id]
+    sdk_span = by_id[hexid(sdk_call.parent_span_id)]
+    assert sdk_span.name == "tools/call get_status" and sdk_span.kind == Span.SPAN_KIND_SERVER
+    assert hexid(sdk_span.parent_span_id) == CLIENT_SPAN
+    lean = [s for s in status_calls if s is not sdk_call]
     assert all(s.kind == Span.SPAN_KIND_SERVER for s in lean)
     assert {(hexid(s.trace_id), hexid(s.parent_span_id)) for s in lean} == {
         (CLIENT_TRACE, CLIENT_SPAN),
@@ -322,6 +332,10 @@ async def test_a_stdio_upstream_gets_the_trace_context_in_meta(tmp_path: Path, r
     [run] = [json.loads(line) for line in exec_log.read_text().splitlines() if '"deploy"' in line]
     # The upstream's server span will be a child of our upstream span, in the client's trace.
     assert run["traceparent"] == f"00-{CLIENT_TRACE}-{hexid(upstream_span.span_id)}-01"
+
+
+async def _never_asked(*_: Any) -> Any:
+    raise AssertionError("the upstream asks nothing here")
 
 
 def metrics(gw: Any) -> str:

@@ -1,31 +1,43 @@
 """The lean Streamable HTTP path: `tools/call` and `tools/list` answered without the SDK's server stack.
 
 The SDK's Streamable HTTP server builds, per request, a session transport, memory streams, an SSE
-writer with several tasks and pydantic models of every message: most of a proxied call's CPU. A call
-that needs none of that — an existing session, nothing the upstream might ask the client, no
-progress to relay, not held for a human — is answered here instead: the body parsed once (orjson),
-the call run through the same pipeline, the result passed through untouched, and the reply written
-in one piece (a JSON body, or a single pre-framed SSE event when the front speaks SSE). Everything
-else (initialize, notifications, GET/DELETE, held calls, progress, sampling, errors we do not write
-ourselves) goes on to the SDK exactly as before, with the body replayed.
+writer with several tasks and pydantic models of every message: most of a proxied call's CPU, and
+most of a held call's memory. A call from a session the upstream cannot send requests to (no
+sampling, elicitation or roots) is answered here instead: the body parsed once (orjson), the call
+run through the same pipeline, the result passed through untouched. One that is answered at once
+gets its reply in one piece (a JSON body, or a single pre-framed SSE event when the front speaks
+SSE); one that may wait — held for a person, or reporting progress — gets a `CallStream`
+(`proxy.edge.callstream`): watched for a client that leaves, resumable with `Last-Event-ID`, ended
+by `notifications/cancelled`. Everything else (initialize, other notifications, other GETs, DELETE,
+the 2026-07-28 era's waiting calls, sampling, errors we do not write ourselves) goes on to the SDK
+exactly as before, with the body replayed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
+import logging
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from mcp.shared.exceptions import MCPError
-from mcp_types import CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
+from mcp_types import CLIENT_INFO_META_KEY, INTERNAL_ERROR, PROTOCOL_VERSION_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from proxy.edge.gateway import Gateway
+from proxy.calls import ProgressFn
+from proxy.edge.callstream import REQUEST_CANCELLED, CallStream, CallStreams, dumps, until_hangup
+from proxy.edge.gateway import Gateway, Watched
+from proxy.edge.replay import parse_event_id
 from proxy.edge.sessions import Downstream
 from proxy.identity import ANONYMOUS
 from proxy.metrics import Metrics
+from proxy.presence import ResponseStream
+
+log = logging.getLogger("signoff.gateway")
 
 LEAN_METHODS = frozenset({"tools/call", "tools/list"})
 
@@ -43,6 +55,7 @@ class LeanPath:
         json_response: bool,
         body_limit: int,
         loopback: bool,
+        linger: float,
     ) -> None:
         self.app = app
         self.gateway = gateway
@@ -52,18 +65,38 @@ class LeanPath:
         # As the SDK does for a loopback front: refuse other Host/Origin values (DNS rebinding).
         self.hosts = ("127.0.0.1:*", "localhost:*", "[::1]:*") if loopback else None
         self.answered = {method: metrics.lean_answers.labels(method) for method in LEAN_METHODS}
+        # A waiting call's events are kept for `linger` s after its answer, for a client that missed it.
+        self.streams = CallStreams(linger)
+        gateway.on_session_close.append(self._session_closed)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "GET":
+            if not await self._resume(scope, receive, send):
+                await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
         body, complete = await _read_body(receive, self.body_limit)
         if complete and len(body) <= self.body_limit and self._plain_request(headers):
             message = _parse(body)
+            if message is None and await self._cancel(scope, headers, body, send):
+                return
             down = self._session(scope, headers, message) if message is not None else None
-            if message is not None and down is not None and self._answerable(down, message):
-                await self._answer(send, headers, down, message)
+            how = self._how(down, message) if message is not None and down is not None else None
+            if how == "now":
+                await self._answer(send, headers, down, message)  # type: ignore[arg-type]
+                return
+            if how == "stream":
+                # It may wait for minutes: keep the little it needs, not this frame's body and headers.
+                reply_to = _ReplyTo(headers.get("mcp-session-id"), headers.get("mcp-protocol-version", ""))
+                request_id, params = message["id"], message["params"]  # type: ignore[index]
+                del body, headers, message
+                await self._stream(receive, send, reply_to, down, request_id, params)  # type: ignore[arg-type]
                 return
             del message, down
         # What this frame parsed must not stay alive while the SDK serves (a held call, for minutes).
@@ -78,6 +111,9 @@ class LeanPath:
             return False  # the SDK answers 406 with its own words
         if not headers.get("content-type", "").startswith("application/json"):
             return False
+        return self._host_allowed(headers)
+
+    def _host_allowed(self, headers: dict[str, str]) -> bool:
         if self.hosts is not None:
             if not any(fnmatch.fnmatch(headers.get("host", ""), h) for h in self.hosts):
                 return False
@@ -116,20 +152,25 @@ class LeanPath:
             )
         return None
 
-    def _answerable(self, down: Downstream, message: dict[str, Any]) -> bool:
+    def _how(self, down: Downstream, message: dict[str, Any]) -> str | None:
+        """ "now" (answered in one piece), "stream" (a call that may wait) or None (the SDK's)."""
         if message.get("method") not in LEAN_METHODS:
-            return False
+            return None
         params = message.get("params")
         if params is None:
             params = message["params"] = {}
         if not isinstance(params, dict) or not isinstance(params.get("_meta", {}), dict):
-            return False  # the SDK names what is wrong with the request
+            return None  # the SDK names what is wrong with the request
         if message["method"] == "tools/list":
-            return not down.capabilities and "progressToken" not in (params.get("_meta") or {})
+            plain = not down.capabilities and "progressToken" not in (params.get("_meta") or {})
+            return "now" if plain else None
         name, arguments = params.get("name"), params.get("arguments", {})
         if not isinstance(name, str) or not isinstance(arguments, dict):
-            return False  # the SDK names what is wrong with the request
-        return self.gateway.answers_at_once(down, params)
+            return None  # the SDK names what is wrong with the request
+        if self.gateway.answers_at_once(down, params):
+            return "now"
+        # Upstream requests ride the SDK's request stream; the 2026-07-28 era's waits are the SDK's.
+        return "stream" if not down.capabilities and not down.modern else None
 
     # -- answering ------------------------------------------------------------------------------
 
@@ -153,19 +194,11 @@ class LeanPath:
                     result.setdefault("cacheScope", "private")
             reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
         except MCPError as e:
-            error: dict[str, Any] = {"code": e.error.code, "message": e.error.message}
-            if e.error.data is not None:
-                error["data"] = e.error.data
-            reply = {"jsonrpc": "2.0", "id": request_id, "error": error}
-        await self._send(send, headers, reply)
+            reply = {"jsonrpc": "2.0", "id": request_id, "error": _error(e)}
+        await self._send(send, headers.get("mcp-session-id"), reply)
 
-    async def _send(self, send: Any, headers: dict[str, str], reply: dict[str, Any]) -> None:
-        try:
-            payload = orjson.dumps(reply)
-        except TypeError:  # an integer beyond 64 bits in an upstream's result: the slow, exact way
-            import json
-
-            payload = json.dumps(reply).encode()
+    async def _send(self, send: Any, session_id: str | None, reply: dict[str, Any]) -> None:
+        payload = dumps(reply)
         if self.json_response:
             content_type, body = b"application/json", payload
         else:
@@ -175,11 +208,209 @@ class LeanPath:
             (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-cache, no-transform"),
         ]
-        session_id = headers.get("mcp-session-id")
         if session_id is not None:
             response_headers.append((b"mcp-session-id", session_id.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
+
+    # -- calls that may wait --------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        receive: Any,
+        send: Any,
+        reply_to: _ReplyTo,
+        down: Downstream,
+        request_id: Any,
+        params: dict[str, Any],
+    ) -> None:
+        """A call that may wait: events on its own stream (SSE front) or one JSON reply at the end."""
+        self.answered["tools/call"].inc()
+        stream = self.streams.open(down.id, request_id, down.identity.name)
+        response = ResponseStream()
+
+        def hung_up() -> None:
+            stream.detach(send)
+            response.close()
+
+        hangup = asyncio.create_task(until_hangup(receive, hung_up))
+        progress: ProgressFn | None = None
+        if not self.json_response:
+            start = {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": _sse_headers(reply_to.session_id),
+            }
+            await send(start)
+            stream.carried_by(send)
+            if _primes(reply_to.version):
+                await stream.event(None)
+            token = (params.get("_meta") or {}).get("progressToken")
+            progress = _progress(stream, token) if token is not None else None
+        watched = Watched(request_id, response, lambda: stream.cancelled_by_client)
+        stream.task = asyncio.current_task()
+        try:
+            result = await self.gateway.tools_call(down, params, progress=progress, watched=watched)
+            stream.task = None
+            reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
+        except MCPError as e:
+            stream.task = None
+            reply = {"jsonrpc": "2.0", "id": request_id, "error": _error(e)}
+        except asyncio.CancelledError:
+            stream.task = None
+            if not _cancelled_here(stream):
+                self.streams.dropped(stream)
+                raise  # the server is stopping
+            # As the SDK's 2025-era transport: a cancelled request's stream ends with an error for it.
+            reply = {"jsonrpc": "2.0", "id": request_id, "error": _CANCELLED}
+        except Exception:
+            stream.task = None
+            log.exception("tools/call %r failed", params.get("name"))
+            reply = {"jsonrpc": "2.0", "id": request_id, "error": _INTERNAL}
+        finally:
+            hangup.cancel()
+            response.close()
+        if self.json_response:
+            self.streams.answered(stream)
+            await self._send(send, reply_to.session_id, reply)
+            return
+        await stream.event(reply)
+        self.streams.answered(stream)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _resume(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """A `GET` with `Last-Event-ID` for one of our streams: what it missed, then the rest live."""
+        headers = _headers(scope)
+        parsed = parse_event_id(headers.get("last-event-id", ""))
+        session_id = headers.get("mcp-session-id")
+        if parsed is None or session_id is None or "text/event-stream" not in headers.get("accept", ""):
+            return False
+        token, seen, request_id = parsed
+        stream = self.streams.get(session_id, request_id)
+        identity = scope.get("signoff.identity", ANONYMOUS)
+        down = self.gateway.by_session_id.get(session_id)
+        if (
+            stream is None
+            or stream.token != token
+            or stream.owner != identity.name
+            or down is None
+            or down.closed
+            or not self._host_allowed(headers)
+        ):
+            return False
+        await send({"type": "http.response.start", "status": 200, "headers": _sse_headers(session_id)})
+        # What it missed — including what arrives while that is written — then live, with no gap.
+        while missed := stream.after(seen):
+            for n, chunk in missed:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                seen = n
+        if not stream.finished:
+            response = ResponseStream()
+
+            def hung_up() -> None:
+                stream.detach(send)
+                response.close()
+
+            hangup = asyncio.create_task(until_hangup(receive, hung_up))
+            stream.carried_by(send)
+            if _primes(headers.get("mcp-protocol-version", "")):
+                await stream.event(None)
+            if self.gateway.presence is not None:
+                self.gateway.presence.resume(session_id, request_id, identity.name, response)
+            answered = asyncio.ensure_future(stream.wait_finished())
+            try:
+                await asyncio.wait({answered, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                answered.cancel()
+                hangup.cancel()
+                response.close()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
+    async def _cancel(self, scope: dict[str, Any], headers: dict[str, str], body: bytes, send: Any) -> bool:
+        """`notifications/cancelled` for a call of ours: stop it (the SDK does this for its own)."""
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(message, dict) or message.get("method") != "notifications/cancelled":
+            return False
+        params = message.get("params")
+        request_id = params.get("requestId") if isinstance(params, dict) else None
+        session_id = headers.get("mcp-session-id")
+        if "id" in message or request_id is None or session_id is None:
+            return False
+        stream = self.streams.get(session_id, str(request_id))
+        identity = scope.get("signoff.identity", ANONYMOUS)
+        if stream is None or stream.owner != identity.name or stream.finished:
+            return False
+        stream.cancel(by_client=True)
+        accepted = [(b"mcp-session-id", session_id.encode())]
+        await send({"type": "http.response.start", "status": 202, "headers": accepted})
+        await send({"type": "http.response.body", "body": b""})
+        return True
+
+    async def _session_closed(self, down: Downstream) -> None:
+        self.streams.session_closed(down.id)
+
+
+_CANCELLED = {"code": REQUEST_CANCELLED, "message": "Request cancelled"}
+_INTERNAL = {"code": INTERNAL_ERROR, "message": "Internal error"}
+
+
+def _cancelled_here(stream: CallStream) -> bool:
+    """Whether the cancellation came from the stream (the client, or its session's end)."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling() != 1 or not stream.cancel_requested:
+        return False
+    task.uncancel()
+    return True
+
+
+def _error(e: MCPError) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": e.error.code, "message": e.error.message}
+    if e.error.data is not None:
+        error["data"] = e.error.data
+    return error
+
+
+def _progress(stream: CallStream, token: Any) -> ProgressFn:
+    """Report progress on the call's stream, against the client's token."""
+
+    async def report(progress: float, total: float | None, message: str | None) -> None:
+        params: dict[str, Any] = {"progressToken": token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await stream.event({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+
+    return report
+
+
+def _primes(version: str) -> bool:
+    """Whether the client reads an empty priming event (2025-11-25 on; older ones cannot parse it)."""
+    return version >= "2025-11-25"
+
+
+@dataclass(slots=True)
+class _ReplyTo:
+    """What a waiting call's answer needs of its request's headers."""
+
+    session_id: str | None
+    version: str
+
+
+def _sse_headers(session_id: str | None) -> list[tuple[bytes, bytes]]:
+    out = [
+        (b"content-type", b"text/event-stream"),
+        (b"cache-control", b"no-cache, no-transform"),
+        (b"connection", b"keep-alive"),
+        (b"x-accel-buffering", b"no"),
+    ]
+    if session_id is not None:
+        out.append((b"mcp-session-id", session_id.encode()))
+    return out
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
@@ -234,7 +465,15 @@ def _parse(body: bytes) -> dict[str, Any] | None:
         return None
     if _has_big_number(body):
         return None  # orjson would have turned an integer beyond 64 bits into a float: not what was sent
+    if body.count(b"{") + body.count(b"[") >= _ORJSON_DEPTH:
+        try:  # nesting this deep may be more than orjson writes back; the SDK's parser refuses it
+            orjson.dumps(message)
+        except TypeError:
+            return None
     return message
+
+
+_ORJSON_DEPTH = 255  # orjson.dumps refuses deeper nesting; fewer brackets than this cannot reach it
 
 
 _LONG_DIGITS = re.compile(rb"\d{19}")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as types
@@ -34,7 +35,7 @@ from proxy.edge.sessions import Downstream, is_list_changed
 from proxy.edge.upstreams import Link, Upstream, UpstreamError
 from proxy.identity import ANONYMOUS, Identity
 from proxy.naming import Names
-from proxy.presence import SCOPE_KEY, Presence
+from proxy.presence import SCOPE_KEY, Presence, ResponseStream
 
 log = logging.getLogger("signoff.gateway")
 
@@ -75,6 +76,15 @@ class _GatewayServer(Server[Any]):
         )
 
 
+@dataclass
+class Watched:
+    """A call's request as presence and cancellation see it, whichever front received it."""
+
+    request_id: Any
+    response: ResponseStream | None  # the HTTP response carrying the answer (None: not HTTP)
+    cancelled_by_client: Callable[[], bool]  # read when the call is cancelled: asked, or session gone
+
+
 class Gateway:
     """Routes every MCP request from a client session to the upstream that owns it."""
 
@@ -101,7 +111,8 @@ class Gateway:
         self.on_session_close: list[Callable[[Downstream], Awaitable[None]]] = []
         # Called with a ToolCall's id when its HTTP client left and did not come back within the grace.
         self.on_call_abandoned: list[Callable[[str], Awaitable[None]]] = []
-        self._calls_in_flight: dict[str, Ctx] = {}  # ToolCall id -> its request
+        # ToolCall id -> whether its client asked to cancel it (else its session ended)
+        self._calls_in_flight: dict[str, Callable[[], bool]] = {}
         self._resource_owner: dict[str, str] = {}
         self._template_owner: list[tuple[str, str]] = []
         self._shared_subscribers: dict[tuple[str, str], set[Downstream]] = {}
@@ -137,6 +148,9 @@ class Gateway:
             server.add_request_handler(method, types.RequestParams, _era_shaped(handler))
         server.add_notification_handler(
             "notifications/roots/list_changed", types.NotificationParams, self.roots_list_changed
+        )
+        server.add_notification_handler(
+            "notifications/initialized", types.NotificationParams, self.initialized
         )
         return server
 
@@ -226,12 +240,14 @@ class Gateway:
         *,
         progress: ProgressFn | None = None,
         ctx: Ctx | None = None,
+        watched: Watched | None = None,
     ) -> dict[str, Any]:
         """`tools/call` for a client session: through the pipeline, then to the upstream that owns the tool.
 
         `ctx` is the SDK's request context when the call came through the SDK (it routes upstream
-        requests back to this request's stream and watches whether the client stays); the lean
-        HTTP path (`proxy.edge.fastpath`) has none and takes only calls that need neither.
+        requests back to this request's stream and watches whether the client stays). The lean
+        HTTP path (`proxy.edge.fastpath`) has none: it takes calls from sessions that cannot be
+        sent requests, and passes `watched` for a call that may wait.
         """
         public = raw.get("name", "")
         arguments = raw.get("arguments")
@@ -263,17 +279,22 @@ class Gateway:
                 params["_meta"] = c.meta
             link = down.link_for(up)
             if ctx is None:
-                return await up.call_tool(params, link, timeout=up.config.call_timeout)
+                return await up.call_tool(
+                    params, link, timeout=up.config.call_timeout, on_progress=c.progress
+                )
             with down.tracking(up.name, ctx):
                 return await up.call_tool(
                     params, link, timeout=up.config.call_timeout, on_progress=c.progress
                 )
 
         call.forward = forward
+        if ctx is not None:
+            response = ctx.request.scope.get(SCOPE_KEY) if ctx.request is not None else None
+            watched = Watched(ctx.request_id, response, lambda: peer_cancelled(ctx))
         try:
-            if ctx is None:
+            if watched is None:
                 return await self.calls(call)
-            with self._in_flight(call, down, ctx):
+            with self._in_flight(call, down, watched):
                 return await self.calls(call)
         except UnknownTool:
             raise _unknown_tool(public) from None
@@ -298,19 +319,18 @@ class Gateway:
         )
 
     @contextlib.contextmanager
-    def _in_flight(self, call: ToolCall, down: Downstream, ctx: Ctx) -> Iterator[None]:
+    def _in_flight(self, call: ToolCall, down: Downstream, watched: Watched) -> Iterator[None]:
         """Remember the call's request while it runs, and watch whether its HTTP client stays."""
-        self._calls_in_flight[call.id] = ctx
-        stream = ctx.request.scope.get(SCOPE_KEY) if ctx.request is not None else None
+        self._calls_in_flight[call.id] = watched.cancelled_by_client
         try:
-            if stream is None or self.presence is None:
+            if watched.response is None or self.presence is None:
                 yield
                 return
             with self.presence.watching(
                 down.id,
-                ctx.request_id,
+                watched.request_id,
                 down.identity.name,
-                stream,
+                watched.response,
                 lambda: self._background(self._call_abandoned(call.id)),
             ):
                 yield
@@ -326,8 +346,8 @@ class Gateway:
 
     def cancelled_by_client(self, call_id: str) -> bool:
         """Whether a call's handler is being cancelled because its client asked (else its session ended)."""
-        ctx = self._calls_in_flight.get(call_id)
-        return ctx is None or peer_cancelled(ctx)
+        asked = self._calls_in_flight.get(call_id)
+        return asked is None or asked()
 
     async def _tool_info(self, down: Downstream, up: Upstream, tool: str) -> dict[str, Any] | None:
         """The upstream's description of `tool`; raises UnknownTool when its catalog has no such tool.
@@ -500,6 +520,10 @@ class Gateway:
             except UpstreamError as e:
                 log.warning("logging/setLevel: skipping %s", e)
         return {}
+
+    async def initialized(self, ctx: Ctx, _: Any) -> None:
+        """A session is ready: know it now, so that its first call can take the lean path too."""
+        self.session(ctx)
 
     async def roots_list_changed(self, ctx: Ctx, _: Any) -> None:
         down = self.session(ctx)

@@ -64,7 +64,7 @@ class SessionEvents(EventStore):
     async def replay_events_after(
         self, last_event_id: EventId, send_callback: EventCallback
     ) -> StreamId | None:
-        parsed = _parse(last_event_id)
+        parsed = parse_event_id(last_event_id)
         if parsed is None:
             return None
         token, after, stream_id = parsed
@@ -100,11 +100,12 @@ def event_id(token: str, seq: int, stream_id: StreamId) -> EventId:
 
 def stream_of(last_event_id: str) -> StreamId | None:
     """The stream (request id) an event id of ours belongs to; None if it is not one of ours."""
-    parsed = _parse(last_event_id)
+    parsed = parse_event_id(last_event_id)
     return parsed[2] if parsed is not None else None
 
 
-def _parse(value: str) -> tuple[str, int, StreamId] | None:
+def parse_event_id(value: str) -> tuple[str, int, StreamId] | None:
+    """(stream token, sequence number, stream id) of an event id of ours; None if it is not one."""
     parts = value.split(".", 2)
     if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
         return None
