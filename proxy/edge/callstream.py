@@ -112,8 +112,7 @@ class CallStream:
         try:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception:  # the client went: it may resume the stream
-            if self.send is send:
-                self.send = None
+            self.detach(send)
 
     def carried_by(self, send: Send | None) -> None:
         """`send` now carries the stream (None: no response does)."""
@@ -127,7 +126,7 @@ class CallStream:
 
     def detach(self, send: Send) -> None:
         """The response `send` writes to has closed: until a resume, no response carries the stream."""
-        if self.send is send:
+        if self.send == send:  # `==`: a bound method is a new object each time it is read
             self.send = None
 
     def finish(self) -> None:
@@ -153,8 +152,9 @@ class CallStream:
             self.cancelled_by_client = by_client
             self.task.cancel()
 
-    def _schedule_ping(self) -> None:
-        self._ping = asyncio.get_running_loop().call_later(PING_EVERY, self._maybe_ping)
+    def _schedule_ping(self, after: float | None = None) -> None:
+        delay = PING_EVERY if after is None else after
+        self._ping = asyncio.get_running_loop().call_later(delay, self._maybe_ping)
 
     def _maybe_ping(self) -> None:
         # A timer, not a task per stream: thousands of held calls cost a handle each while they wait.
@@ -162,7 +162,11 @@ class CallStream:
         if self.finished or self.send is None:
             return
         loop = asyncio.get_running_loop()
-        if loop.time() - self._last_write >= PING_EVERY - 1 and self._pinging is None:
+        quiet = loop.time() - self._last_write
+        if quiet < PING_EVERY * 0.99:  # something was said since: look again when it has been quiet long
+            self._schedule_ping(PING_EVERY - quiet)
+            return
+        if self._pinging is None:
             self._pinging = loop.create_task(self._write_ping())
         self._schedule_ping()
 

@@ -153,7 +153,7 @@ class LeanPath:
         return None
 
     def _how(self, down: Downstream, message: dict[str, Any]) -> str | None:
-        """ "now" (answered in one piece), "stream" (a call that may wait) or None (the SDK's)."""
+        """How to answer: "now" (in one piece), "stream" (a call that may wait) or None (the SDK)."""
         if message.get("method") not in LEAN_METHODS:
             return None
         params = message.get("params")
