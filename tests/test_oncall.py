@@ -75,6 +75,20 @@ def on_call_config(
     )
 
 
+def slack_on_call_config(
+    exec_log: Path, tmp_path: Path, pd: FakePagerDuty, slack: FakeSlack, rule: dict[str, Any]
+) -> dict[str, Any]:
+    """`on_call_config` with the fake Slack as the channel (HTTP mode, requests signed)."""
+    slack_section = {
+        "bot_token": BOT_TOKEN,
+        "channel": "C0123",
+        "api_url": slack.api_url,
+        "mode": "http",
+        "signing_secret": SIGNING_SECRET,
+    }
+    return on_call_config(exec_log, tmp_path, pd, rule, slack=slack_section)
+
+
 @pytest.fixture
 async def pd() -> AsyncIterator[FakePagerDuty]:
     async with FakePagerDuty() as fake:
@@ -359,19 +373,7 @@ async def test_slack_names_who_is_on_call_refuses_the_others_and_escalates_to_th
     pd.set_on_call(SCHEDULE, "carol@example.com")
     rule = hold(escalate_after="1s", escalate_to={"channel": "C0ESCALATE", "usergroup": "S0LEADS"})
     async with FakeSlack() as slack:
-        config = on_call_config(
-            exec_log,
-            tmp_path,
-            pd,
-            rule,
-            slack={
-                "bot_token": BOT_TOKEN,
-                "channel": "C0123",
-                "api_url": slack.api_url,
-                "mode": "http",
-                "signing_secret": SIGNING_SECRET,
-            },
-        )
+        config = slack_on_call_config(exec_log, tmp_path, pd, slack, rule)
         async with gateway(config, tmp_path) as gw, Client(gw.mcp_url, mode="legacy") as client:
             task = asyncio.create_task(call_held(client, "db6"))
             await slack.wait_for("chat.postMessage")
@@ -416,19 +418,7 @@ async def test_a_request_slow_to_post_escalates_only_once_posted_with_its_link(
     pd.slow_oncalls(1.5)  # within the post's wait for PagerDuty (2 s), beyond the escalation (0.5 s)
     rule = hold(escalate_after="0.5s", escalate_to={"channel": "C0ESCALATE"})
     async with FakeSlack() as slack:
-        config = on_call_config(
-            exec_log,
-            tmp_path,
-            pd,
-            rule,
-            slack={
-                "bot_token": BOT_TOKEN,
-                "channel": "C0123",
-                "api_url": slack.api_url,
-                "mode": "http",
-                "signing_secret": SIGNING_SECRET,
-            },
-        )
+        config = slack_on_call_config(exec_log, tmp_path, pd, slack, rule)
         async with gateway(config, tmp_path) as gw, Client(gw.mcp_url, mode="legacy") as client:
             task = asyncio.create_task(call_held(client, "db7"))
             escalated = await slack.wait_until(
