@@ -269,6 +269,40 @@ async def test_an_answer_that_came_while_the_client_was_away_is_replayed_when_it
     assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["away"]
 
 
+async def test_another_identity_can_neither_resume_nor_cancel_a_held_call(
+    tmp_path: Path, exec_log: Path
+) -> None:
+    cfg = config(exec_log, grace="30s")
+    cfg["identities"]["intruder"] = {"token_env": "SIGNOFF_INTRUDER_TOKEN"}
+    env = {TOKEN_ENV: TOKEN, "SIGNOFF_INTRUDER_TOKEN": "intruder-token"}
+    with running_gateway(cfg, tmp_path, env=env) as gw:
+        admin = Admin(gw.control_url)
+        headers = await open_session(gw.mcp_url)
+        intruder = {**headers, "Authorization": "Bearer intruder-token"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=30) as http,
+            http.stream("POST", gw.mcp_url, json=delete_call(8, "theirs")) as response,
+        ):
+            events = sse_events(response)
+            seen = []
+            async for event in events:  # up to the first progress: the call is held
+                seen.append(event)
+                if event.data and event.data.get("method") == "notifications/progress":
+                    break
+            # A short timeout: a resumed stream would stay open until the call's answer.
+            async with httpx2.AsyncClient(headers=intruder, timeout=5) as other:
+                resume = {"Accept": "text/event-stream", "Last-Event-ID": seen[-1].id}
+                r = await other.get(gw.mcp_url, headers=resume)
+                assert r.status_code == 404 and "deleted" not in r.text, r.text
+                cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 8}}
+                assert (await other.post(gw.mcp_url, json=cancel)).status_code == 404
+            [pending] = await admin.pending()
+            assert (await approve(gw.control_url, pending["id"]))[0] == 200
+            answers = [e.data async for e in events if e.data and e.data.get("id") == 8]
+    assert answers[0]["result"]["content"][0]["text"] == "deleted theirs"
+    assert [e["args"]["name"] for e in executions(exec_log, "delete_thing")] == ["theirs"]
+
+
 async def _until_progress(response: httpx2.Response) -> AsyncIterator[Event]:
     async for event in sse_events(response):
         yield event
