@@ -231,33 +231,34 @@ class Broker:
         if spec.mode == "hold":
             self.held[approval.id] = HeldCall(approval, call.id)
         self._schedule_expiry(approval.id, approval.expires_at)
-        self.escalation.posting.add(approval.id)
-        try:
-            try:
-                ref = await self.channel.post(approval)
-            except Exception as e:
-                log.error("could not post approval %s: %s", approval.id, e)
-                self.held.pop(approval.id, None)
-                self._unschedule(approval.id)
-                await self.store.transition(
-                    approval.id,
-                    PENDING,
-                    WITHDRAWN,
-                    decided_at=utcnow(),
-                    decided_by="(channel)",
-                    decision_reason=f"could not be posted: {e}",
-                )
-                raise ApprovalUnavailable(str(e)) from e
-            if ref is not None:
-                approval.message_channel, approval.message_ts = ref
-                await self.store.set_fields(approval.id, message_channel=ref[0], message_ts=ref[1])
-        finally:
-            self.escalation.posting.discard(approval.id)
+        with self.escalation.posting(approval.id):
+            await self._post(approval)
         # Only once it is posted: an escalation links to (or replies under) the request's message, and
         # a post slower than `escalate_after` would otherwise escalate a message nobody could see yet.
         if approval.escalate_at is not None:
             self.escalation.schedule(approval.id, approval.escalate_at)
         return approval
+
+    async def _post(self, approval: Approval) -> None:
+        """Show the request to humans and remember where; a request that cannot be shown is withdrawn."""
+        try:
+            ref = await self.channel.post(approval)
+        except Exception as e:
+            log.error("could not post approval %s: %s", approval.id, e)
+            self.held.pop(approval.id, None)
+            self._unschedule(approval.id)
+            await self.store.transition(
+                approval.id,
+                PENDING,
+                WITHDRAWN,
+                decided_at=utcnow(),
+                decided_by="(channel)",
+                decision_reason=f"could not be posted: {e}",
+            )
+            raise ApprovalUnavailable(str(e)) from e
+        if ref is not None:
+            approval.message_channel, approval.message_ts = ref
+            await self.store.set_fields(approval.id, message_channel=ref[0], message_ts=ref[1])
 
     async def wait(
         self, approval: Approval, report: Callable[[float, str], Awaitable[None]] | None

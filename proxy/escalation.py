@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -45,8 +45,7 @@ class Escalation:
         self.page_url = page_url
         self.scheduler = scheduler
         self.background = background
-        # Requests this process is still posting: nothing to link to or reply under yet.
-        self.posting: set[str] = set()
+        self._posting: set[str] = set()
 
     async def start(self) -> None:
         """Re-arm the timers of requests still waiting to escalate (overdue ones fire at once)."""
@@ -56,8 +55,18 @@ class Escalation:
     async def sweep(self) -> None:
         """Escalate every overdue request nobody has escalated yet (safe on every replica)."""
         for approval_id, _ in await self.store.escalations_waiting(due_by=utcnow()):
-            if approval_id not in self.posting:  # its timer is armed once the post is done
+            if approval_id not in self._posting:  # its timer is armed once the post is done
                 await self.escalate(approval_id)
+
+    @contextlib.contextmanager
+    def posting(self, approval_id: str) -> Iterator[None]:
+        """While the request is being posted it has no message to link to or reply under: the
+        sweep leaves it alone (the broker arms its timer once the post is done)."""
+        self._posting.add(approval_id)
+        try:
+            yield
+        finally:
+            self._posting.discard(approval_id)
 
     def schedule(self, approval_id: str, at: datetime) -> None:
         self.scheduler.add_job(

@@ -219,9 +219,6 @@ class CallStreams:
             stream.cancel(by_client=False)
             self._forget(stream)
 
-    def __len__(self) -> int:
-        return len(self._streams)
-
 
 async def until_hangup(
     receive: Callable[[], Awaitable[dict[str, Any]]], on_hangup: Callable[[], None]

@@ -83,8 +83,9 @@ class LeanPath:
         headers = _headers(scope)
         body, complete = await _read_body(receive, self.body_limit)
         if complete and len(body) <= self.body_limit and self._plain_request(headers):
-            message = _parse(body)
-            if message is None and await self._cancel(scope, headers, body, send):
+            loaded = _load(body)
+            message = _request(loaded, body)
+            if message is None and await self._cancel(scope, headers, loaded, send):
                 return
             down = self._session(scope, headers, message) if message is not None else None
             how = self._how(down, message) if message is not None and down is not None else None
@@ -227,13 +228,7 @@ class LeanPath:
         """A call that may wait: events on its own stream (SSE front) or one JSON reply at the end."""
         self.answered["tools/call"].inc()
         stream = self.streams.open(down.id, request_id, down.identity.name)
-        response = ResponseStream()
-
-        def hung_up() -> None:
-            stream.detach(send)
-            response.close()
-
-        hangup = asyncio.create_task(until_hangup(receive, hung_up))
+        response, hangup = _watch_hangup(stream, receive, send)
         progress: ProgressFn | None = None
         if not self.json_response:
             start = {
@@ -251,23 +246,21 @@ class LeanPath:
         stream.task = asyncio.current_task()
         try:
             result = await self.gateway.tools_call(down, params, progress=progress, watched=watched)
-            stream.task = None
             reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
         except MCPError as e:
-            stream.task = None
             reply = {"jsonrpc": "2.0", "id": request_id, "error": _error(e)}
         except asyncio.CancelledError:
-            stream.task = None
             if not _cancelled_here(stream):
                 self.streams.dropped(stream)
                 raise  # the server is stopping
             # As the SDK's 2025-era transport: a cancelled request's stream ends with an error for it.
             reply = {"jsonrpc": "2.0", "id": request_id, "error": _CANCELLED}
         except Exception:
-            stream.task = None
             log.exception("tools/call %r failed", params.get("name"))
             reply = {"jsonrpc": "2.0", "id": request_id, "error": _INTERNAL}
         finally:
+            # Nothing awaited since the call ended: a cancel from now on cannot land in it.
+            stream.task = None
             hangup.cancel()
             response.close()
         if self.json_response:
@@ -305,13 +298,7 @@ class LeanPath:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 seen = n
         if not stream.finished:
-            response = ResponseStream()
-
-            def hung_up() -> None:
-                stream.detach(send)
-                response.close()
-
-            hangup = asyncio.create_task(until_hangup(receive, hung_up))
+            response, hangup = _watch_hangup(stream, receive, send)
             stream.carried_by(send)
             if _primes(headers.get("mcp-protocol-version", "")):
                 await stream.event(None)
@@ -327,12 +314,8 @@ class LeanPath:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
-    async def _cancel(self, scope: dict[str, Any], headers: dict[str, str], body: bytes, send: Any) -> bool:
+    async def _cancel(self, scope: dict[str, Any], headers: dict[str, str], message: Any, send: Any) -> bool:
         """`notifications/cancelled` for a call of ours: stop it (the SDK does this for its own)."""
-        try:
-            message = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return False
         if not isinstance(message, dict) or message.get("method") != "notifications/cancelled":
             return False
         params = message.get("params")
@@ -356,6 +339,17 @@ class LeanPath:
 
 _CANCELLED = {"code": REQUEST_CANCELLED, "message": "Request cancelled"}
 _INTERNAL = {"code": INTERNAL_ERROR, "message": "Internal error"}
+
+
+def _watch_hangup(stream: CallStream, receive: Any, send: Any) -> tuple[ResponseStream, asyncio.Task[None]]:
+    """The response `send` writes, closed (and no longer carrying `stream`) when its client hangs up."""
+    response = ResponseStream()
+
+    def hung_up() -> None:
+        stream.detach(send)
+        response.close()
+
+    return response, asyncio.create_task(until_hangup(receive, hung_up))
 
 
 def _cancelled_here(stream: CallStream) -> bool:
@@ -448,12 +442,16 @@ def _replay(body: bytes, complete: bool, receive: Any) -> Any:
     return replay
 
 
-def _parse(body: bytes) -> dict[str, Any] | None:
-    """One JSON-RPC request, or None for anything else (batches, notifications, bad JSON: the SDK's)."""
+def _load(body: bytes) -> Any:
+    """The body's JSON (None if it is not JSON: the SDK names the problem)."""
     try:
-        message = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+
+
+def _request(message: Any, body: bytes) -> dict[str, Any] | None:
+    """The body as one JSON-RPC request, or None for anything else (batches, notifications: the SDK's)."""
     if (
         not isinstance(message, dict)
         or message.get("jsonrpc") != "2.0"

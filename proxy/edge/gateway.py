@@ -278,11 +278,9 @@ class Gateway:
             if c.meta:
                 params["_meta"] = c.meta
             link = down.link_for(up)
-            if ctx is None:
-                return await up.call_tool(
-                    params, link, timeout=up.config.call_timeout, on_progress=c.progress
-                )
-            with down.tracking(up.name, ctx):
+            # Through the SDK, upstream requests during the call ride this request's stream.
+            tracking = down.tracking(up.name, ctx) if ctx is not None else contextlib.nullcontext()
+            with tracking:
                 return await up.call_tool(
                     params, link, timeout=up.config.call_timeout, on_progress=c.progress
                 )
