@@ -13,15 +13,12 @@ import hashlib
 import logging
 import math
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from proxy import edits, grants
 from proxy.approvers import Allowed, Refused
@@ -35,6 +32,7 @@ from proxy.policy_spec import ApprovalSpec, Decision
 from proxy.records import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant, utcnow
 from proxy.redact import display_mask
 from proxy.store import Store
+from proxy.timers import Timers
 
 if TYPE_CHECKING:
     from proxy.context import ContextProber
@@ -102,19 +100,43 @@ class HeldCall:
 
     async def wait(self, report: Callable[[float], Awaitable[None]] | None, every: float) -> str:
         """Wait for the decision, calling `report(seconds_waited)` at once and every `every` seconds."""
-        started = time.monotonic()
         # At once too: a short hold on a busy gateway may be decided or expire before the first
         # interval, and the agent should still learn that its call is waiting for a person.
         if report is not None and not self.future.done():
-            with contextlib.suppress(Exception):
-                await report(0.0)
-        while True:
-            try:
-                return await asyncio.wait_for(asyncio.shield(self.future), every)
-            except TimeoutError:
-                if report is not None:
-                    with contextlib.suppress(Exception):
-                        await report(time.monotonic() - started)
+            await _report(report, 0.0)
+        if report is None:
+            return await self.future
+        # The later reports come from a timer, not a loop of timeouts around the future: thousands
+        # of held calls each keep one handle while they wait, and a report in flight when the
+        # decision lands is finished first, so the agent reads it before the answer.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reporting: asyncio.Task[None] | None = None
+
+        def tick() -> None:
+            nonlocal reporting, timer
+            if reporting is None or reporting.done():
+                reporting = loop.create_task(_report(report, loop.time() - started))
+            timer = loop.call_later(every, tick)
+
+        timer = loop.call_later(every, tick)
+        try:
+            status = await self.future
+        except asyncio.CancelledError:
+            if reporting is not None:
+                reporting.cancel()
+            raise
+        finally:
+            timer.cancel()
+        if reporting is not None:
+            await reporting
+        return status
+
+
+async def _report(report: Callable[[float], Awaitable[None]], waited: float) -> None:
+    # Progress is a courtesy: a report that fails (the agent gone) must not end the wait.
+    with contextlib.suppress(Exception):
+        await report(waited)
 
 
 class Broker:
@@ -150,10 +172,10 @@ class Broker:
         # Whether a cancelled waiter's client asked for the cancellation (by ToolCall id); otherwise
         # its session ended under it: the agent went away. Set by whoever knows the client side.
         self.cancelled_by_agent: Callable[[str], bool] = lambda call_id: True
-        self.scheduler = AsyncIOScheduler(job_defaults={"misfire_grace_time": None, "coalesce": True})
+        self.timers = Timers()
         self._poll_since = utcnow()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.escalation = Escalation(store, channel, pagerduty, page_url, self.scheduler, self._background)
+        self.escalation = Escalation(store, channel, pagerduty, page_url, self.timers, self._background)
         self.prober = prober  # reads the target's live state for the request (policy `approval.context`)
         self.metrics = metrics
 
@@ -161,15 +183,13 @@ class Broker:
 
     async def start(self, live_instances: list[str]) -> None:
         """Start timers; expire overdue requests and withdraw ones whose waiting call died."""
-        self.scheduler.start()
         await self.sweep(live_instances)
         for approval_id, expires_at in await self.store.pending_ids():
             self._schedule_expiry(approval_id, expires_at)
         await self.escalation.start()
 
     async def stop(self) -> None:
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        self.timers.stop()
         await self.withdraw_held(GATEWAY_STOPPED)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=15)
@@ -651,18 +671,10 @@ class Broker:
             log.warning("could not update the message of %s: %s", approval.id, e)
 
     def _schedule_expiry(self, approval_id: str, expires_at: datetime) -> None:
-        self.scheduler.add_job(
-            self.expire,
-            "date",
-            run_date=expires_at,
-            args=[approval_id],
-            id=approval_id,
-            replace_existing=True,
-        )
+        self.timers.at(approval_id, expires_at, self.expire, approval_id)
 
     def _unschedule(self, approval_id: str) -> None:
-        with contextlib.suppress(JobLookupError):
-            self.scheduler.remove_job(approval_id)
+        self.timers.cancel(approval_id)
         self.escalation.unschedule(approval_id)
 
     # -- context and metrics (proxy.context, proxy.metrics) ----------------------------------------

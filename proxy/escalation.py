@@ -15,12 +15,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import datetime
 from typing import Any
 
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
 from proxy.pagerduty import PagerDuty, PagerDutyError
 from proxy.records import PENDING, Approval, utcnow
 from proxy.store import Store
+from proxy.timers import Timers
 
 log = logging.getLogger("signoff.escalation")
 
@@ -36,14 +34,14 @@ class Escalation:
         channel: Any,  # an ApprovalChannel; one without `escalate` only pages
         pagerduty: PagerDuty | None,
         page_url: str,
-        scheduler: AsyncIOScheduler,
+        timers: Timers,
         background: Callable[[Coroutine[Any, Any, None]], None],
     ) -> None:
         self.store = store
         self.channel = channel
         self.pagerduty = pagerduty if pagerduty is not None and pagerduty.can_page else None
         self.page_url = page_url
-        self.scheduler = scheduler
+        self.timers = timers
         self.background = background
         self._posting: set[str] = set()
 
@@ -69,18 +67,10 @@ class Escalation:
             self._posting.discard(approval_id)
 
     def schedule(self, approval_id: str, at: datetime) -> None:
-        self.scheduler.add_job(
-            self.escalate,
-            "date",
-            run_date=at,
-            args=[approval_id],
-            id=_job(approval_id),
-            replace_existing=True,
-        )
+        self.timers.at(_job(approval_id), at, self.escalate, approval_id)
 
     def unschedule(self, approval_id: str) -> None:
-        with contextlib.suppress(JobLookupError):
-            self.scheduler.remove_job(_job(approval_id))
+        self.timers.cancel(_job(approval_id))
 
     async def escalate(self, approval_id: str) -> None:
         """Claim the escalation; the one process that wins pages and re-posts, in the background."""

@@ -17,7 +17,7 @@ from proxy.redact import redact_text
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-QUIET_LOGGERS = ("httpx", "httpx2", "mcp", "uvicorn.error", "aiohttp.access", "apscheduler")
+QUIET_LOGGERS = ("httpx", "httpx2", "mcp", "uvicorn.error", "aiohttp.access")
 
 
 class TextFormatter(logging.Formatter):

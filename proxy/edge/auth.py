@@ -75,6 +75,9 @@ class BearerAuth:
     def __init__(self, app: Any, table: IdentityTable) -> None:
         self.app = app
         self.table = table
+        # One user object per identity, made on its first request: the SDK only reads it, and
+        # building a pydantic model per request cost every call (and every held one) ~1 kB.
+        self._users: dict[str, AuthenticatedUser] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -102,8 +105,15 @@ class BearerAuth:
         scope["signoff.identity"] = identity
         # The SDK binds each MCP session to the principal that opened it: another identity
         # presenting the same session id gets 404, as if the session did not exist.
-        scope["user"] = AuthenticatedUser(AccessToken(token="-", client_id=identity.name, scopes=[]))
+        scope["user"] = self._user(identity)
         await self.app(scope, receive, send)
+
+    def _user(self, identity: Identity) -> AuthenticatedUser:
+        user = self._users.get(identity.name)
+        if user is None:
+            user = AuthenticatedUser(AccessToken(token="-", client_id=identity.name, scopes=[]))
+            self._users[identity.name] = user
+        return user
 
 
 async def _unauthorized(send: Any, message: str) -> None:

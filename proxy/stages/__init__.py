@@ -30,7 +30,9 @@ def chain(stages: Sequence[Stage], last: Next) -> Next:
 
 
 def _link(stage: Stage, next: Next) -> Next:
-    async def run(call: ToolCall) -> dict[str, Any]:
-        return await stage(call, next)
+    # A plain function handing back the stage's coroutine: a coroutine wrapper here would add a
+    # frame per stage to every call, and to every call held for approval while it waits.
+    def run(call: ToolCall) -> Awaitable[dict[str, Any]]:
+        return stage(call, next)
 
     return run
