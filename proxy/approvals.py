@@ -32,7 +32,7 @@ from proxy.policy_spec import ApprovalSpec, Decision
 from proxy.records import APPROVED, DENIED, EXECUTED, EXPIRED, PENDING, WITHDRAWN, Approval, Grant, utcnow
 from proxy.redact import display_mask
 from proxy.store import Store
-from proxy.timers import Timers
+from proxy.timers import Timers, later
 
 if TYPE_CHECKING:
     from proxy.context import ContextProber
@@ -107,7 +107,7 @@ class HeldCall:
         if report is None:
             return await self.future
         # The later reports come from a timer, not a loop of timeouts around the future: thousands
-        # of held calls each keep one handle while they wait, and a report in flight when the
+        # of held calls each keep one heap entry while they wait, and a report in flight when the
         # decision lands is finished first, so the agent reads it before the answer.
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -117,9 +117,9 @@ class HeldCall:
             nonlocal reporting, timer
             if reporting is None or reporting.done():
                 reporting = loop.create_task(_report(report, loop.time() - started))
-            timer = loop.call_later(every, tick)
+            timer = later(every, tick)
 
-        timer = loop.call_later(every, tick)
+        timer = later(every, tick)
         try:
             status = await self.future
         except asyncio.CancelledError:

@@ -1,9 +1,17 @@
-"""Work due at a wall-clock time (a request's expiry, its escalation), one loop timer each, by key."""
+"""Timers for work that waits a long time: a heap under one loop timer, and jobs due at wall-clock times.
+
+A held call keeps a few timers for as long as it waits (its expiry, its progress reports, its
+stream's pings). A loop's own timer handle costs about a kilobyte each under uvloop; an entry in one
+heap per loop costs a tenth of that, which for ten thousand held calls is tens of megabytes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -13,15 +21,115 @@ from proxy.records import utcnow
 log = logging.getLogger("signoff.timers")
 
 
+class Timer:
+    """One callback due at a loop time; `cancel()` stops it if it has not run."""
+
+    __slots__ = ("args", "callback", "cancelled", "heap", "seq", "when")
+
+    def __init__(
+        self, heap: TimerHeap, when: float, seq: int, callback: Callable[..., None], args: tuple[Any, ...]
+    ) -> None:
+        self.heap = heap
+        self.when = when
+        self.seq = seq
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def __lt__(self, other: Timer) -> bool:
+        return (self.when, self.seq) < (other.when, other.seq)
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback, self.args = _nothing, ()  # let go of what it would have run
+            self.heap.cancelled += 1
+
+
+class TimerHeap:
+    """Callbacks due at loop times, in a heap, with one loop timer armed for the earliest."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._heap: list[Timer] = []
+        self._seq = itertools.count()
+        self._armed: asyncio.TimerHandle | None = None
+        self._armed_at = float("inf")
+        self.cancelled = 0  # entries cancelled but still in the heap
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> Timer:
+        """Run `callback(*args)` in `delay` seconds (as `loop.call_later`, without a handle each)."""
+        timer = Timer(self, self.loop.time() + max(0.0, delay), next(self._seq), callback, args)
+        heapq.heappush(self._heap, timer)
+        if timer.when < self._armed_at:
+            self._arm(timer.when)
+        return timer
+
+    def __len__(self) -> int:
+        return sum(1 for timer in self._heap if not timer.cancelled)
+
+    def _arm(self, when: float) -> None:
+        if self._armed is not None:
+            self._armed.cancel()
+        self._armed = self.loop.call_at(when, self._run)
+        self._armed_at = when
+
+    def _run(self) -> None:
+        self._armed, self._armed_at = None, float("inf")
+        # As asyncio's own loop: what is due within the clock's resolution is due now (uvloop's
+        # timers round to milliseconds, and may fire a little early).
+        now = self.loop.time() + 0.001
+        due: list[Timer] = []
+        while self._heap and (self._heap[0].cancelled or self._heap[0].when <= now):
+            timer = heapq.heappop(self._heap)
+            if timer.cancelled:
+                self.cancelled -= 1
+            else:
+                due.append(timer)
+        if self.cancelled > 64 and self.cancelled > len(self._heap) // 2:
+            self._heap = [t for t in self._heap if not t.cancelled]  # decided requests' expiries
+            heapq.heapify(self._heap)
+            self.cancelled = 0
+        if self._heap:
+            self._arm(self._heap[0].when)
+        for timer in due:
+            if timer.cancelled:  # an earlier callback in this batch cancelled it
+                self.cancelled -= 1
+                continue
+            callback, args = timer.callback, timer.args
+            timer.cancelled = True  # it ran: cancelling it now changes nothing
+            timer.callback, timer.args = _nothing, ()
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("a timer's callback failed")
+
+
+_heaps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerHeap] = weakref.WeakKeyDictionary()
+
+
+def later(delay: float, callback: Callable[..., None], *args: Any) -> Timer:
+    """`callback(*args)` in `delay` seconds, on the running loop's heap."""
+    loop = asyncio.get_running_loop()
+    heap = _heaps.get(loop)
+    if heap is None:
+        heap = _heaps[loop] = TimerHeap(loop)
+    return heap.call_later(delay, callback, *args)
+
+
+def _nothing(*args: Any) -> None:
+    pass
+
+
 class Timers:
     """`at(key, when, job, *args)` runs `await job(*args)` at `when`; setting a key again replaces it.
 
-    A timer handle per pending request, not a scheduler's job object: ten thousand held calls each
-    keep one. A timer lost with its process is the periodic sweep's to catch up on.
+    An entry in the loop's heap per pending request, not a scheduler's job object. A timer lost with
+    its process is the periodic sweep's to catch up on.
     """
 
     def __init__(self) -> None:
-        self._handles: dict[str, asyncio.TimerHandle] = {}
+        self._handles: dict[str, Timer] = {}
         self._running: set[asyncio.Task[None]] = set()
         self.stopped = False
 
@@ -31,7 +139,7 @@ class Timers:
             return
         self.cancel(key)
         delay = max(0.0, (when - utcnow()).total_seconds())
-        self._handles[key] = asyncio.get_running_loop().call_later(delay, self._fire, key, job, args)
+        self._handles[key] = later(delay, self._fire, key, job, args)
 
     def cancel(self, key: str) -> None:
         """Forget what `key` was due to run (nothing if it had none, or it already ran)."""

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from proxy.edge.replay import event_id
+from proxy.timers import Timer, later
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -83,7 +84,7 @@ class CallStream:
         self.task: asyncio.Task[Any] | None = None  # the call, cancelled by the client or its session's end
         self._done: asyncio.Future[None] | None = None
         self._last_write = 0.0
-        self._ping: asyncio.TimerHandle | None = None
+        self._ping: Timer | None = None
         self._pinging: asyncio.Task[None] | None = None
 
     @property
@@ -154,7 +155,7 @@ class CallStream:
 
     def _schedule_ping(self, after: float | None = None) -> None:
         delay = PING_EVERY if after is None else after
-        self._ping = asyncio.get_running_loop().call_later(delay, self._maybe_ping)
+        self._ping = later(delay, self._maybe_ping)
 
     def _maybe_ping(self) -> None:
         # A timer, not a task per stream: thousands of held calls cost a handle each while they wait.

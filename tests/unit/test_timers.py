@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from proxy.records import utcnow
-from proxy.timers import Timers
+from proxy.timers import TimerHeap, Timers, later
 
 
 class Ran:
@@ -80,3 +80,67 @@ async def test_a_failing_job_is_logged_and_the_others_still_run(caplog: pytest.L
         await ran.next()
     assert ran.calls == ["good"]
     assert any(r.exc_info and "the store is down" in str(r.exc_info[1]) for r in caplog.records)
+
+
+# -- the heap under one loop timer -----------------------------------------------------------------
+
+
+async def test_the_heap_runs_callbacks_in_time_order_under_one_loop_timer() -> None:
+    loop = asyncio.get_running_loop()
+    heap = TimerHeap(loop)
+    order: list[str] = []
+    finished = asyncio.Event()
+    heap.call_later(0.15, order.append, "third")
+    heap.call_later(0.05, order.append, "first")
+    heap.call_later(0.10, order.append, "second")
+    cancelled = heap.call_later(0.07, order.append, "cancelled")
+    heap.call_later(0.2, finished.set)
+    cancelled.cancel()
+    assert len(heap) == 4
+    async with asyncio.timeout(5):
+        await finished.wait()
+    assert order == ["first", "second", "third"]
+    assert len(heap) == 0
+
+
+async def test_a_cancelled_callback_never_runs_and_a_failing_one_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    heap = TimerHeap(asyncio.get_running_loop())
+    ran: list[str] = []
+    finished = asyncio.Event()
+
+    def boom() -> None:
+        raise RuntimeError("a callback failed")
+
+    second = heap.call_later(0.0105, ran.append, "second")  # due in the same run as its canceller
+    heap.call_later(0.01, second.cancel)
+    heap.call_later(0.01, boom)
+    heap.call_later(0.03, finished.set)
+    with caplog.at_level(logging.ERROR, logger="signoff.timers"):
+        async with asyncio.timeout(5):
+            await finished.wait()
+    assert ran == []
+    assert any(r.exc_info and "a callback failed" in str(r.exc_info[1]) for r in caplog.records)
+
+
+async def test_cancelled_entries_are_dropped_once_they_are_most_of_the_heap() -> None:
+    heap = TimerHeap(asyncio.get_running_loop())
+    finished = asyncio.Event()
+    timers = [heap.call_later(3600, finished.set) for _ in range(1000)]
+    for timer in timers[:900]:
+        timer.cancel()
+    heap.call_later(0.01, lambda: None)  # a run of the heap, which compacts it
+    heap.call_later(0.02, finished.set)
+    async with asyncio.timeout(5):
+        await finished.wait()
+    assert len(heap._heap) == 100  # the 100 still pending; nothing of the 900 is kept
+    assert heap.cancelled == 0
+
+
+async def test_later_uses_one_heap_per_loop() -> None:
+    fired = asyncio.Event()
+    timer = later(0.01, fired.set)
+    assert timer.heap is later(3600, lambda: None).heap
+    async with asyncio.timeout(5):
+        await fired.wait()
