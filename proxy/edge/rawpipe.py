@@ -26,6 +26,7 @@ from mcp_types import CONNECTION_CLOSED, METHOD_NOT_FOUND, REQUEST_TIMEOUT
 from opentelemetry import propagate
 
 from proxy import tracing
+from proxy.timers import later
 
 log = logging.getLogger("signoff.upstream")
 
@@ -130,9 +131,11 @@ class RawStdio:
             message["params"] = params
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
+        # A heap entry that fails the answer, not wait_for's waiter, handle and callbacks per call.
+        timer = later(timeout, _time_out, answer) if timeout is not None else None
         try:
             self._write(message)
-            return await asyncio.wait_for(answer, timeout) if timeout is not None else await answer
+            return await answer
         except TimeoutError:
             self._cancel(request_id, "timed out")
             raise MCPError(REQUEST_TIMEOUT, f"Timed out while waiting for response to {method}") from None
@@ -140,6 +143,8 @@ class RawStdio:
             self._cancel(request_id, "the client cancelled the call")
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             self._waiting.pop(request_id, None)
             self._progress.pop(request_id, None)
 
@@ -236,3 +241,8 @@ class RawStdio:
         for answer in self._waiting.values():
             if not answer.done():
                 answer.set_exception(MCPError(CONNECTION_CLOSED, "Connection closed"))
+
+
+def _time_out(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
