@@ -21,6 +21,7 @@ from mcp.shared.exceptions import MCPError
 from tests.conftest import Admin, executions, gateway_config, stdio_echo
 from tests.procs import PYTHON, ROOT, free_port, running_gateway
 from tests.test_approvals import APPROVERS, HOLD, policy
+from tests.test_clients import open_session
 
 
 def lean_answers(control_url: str, method: str = "tools/call") -> float:
@@ -119,3 +120,34 @@ async def test_an_upstreams_json_rpc_error_reaches_the_client_as_it_is_and_is_au
 
 async def _ignore_progress(progress: float, total: float | None, message: str | None) -> None:
     return None
+
+
+async def test_a_request_naming_another_host_or_origin_is_refused_and_runs_nothing(
+    tmp_path: Path, exec_log: Path
+) -> None:
+    """DNS rebinding: a loopback front serves only a loopback Host and Origin, on the lean path too."""
+    port = free_port()
+    config = {"upstreams": {"echo": stdio_echo(exec_log)}, "listen": {"host": "127.0.0.1", "port": port}}
+
+    def call(text: str) -> dict[str, Any]:
+        params = {"name": "echo", "arguments": {"text": text}}
+        return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+
+    with running_gateway(config, tmp_path) as gw:
+        headers = await open_session(gw.mcp_url)
+        async with httpx2.AsyncClient(timeout=30) as http:
+            before = lean_answers(gw.control_url)
+            on_loopback = {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}
+            r = await http.post(gw.mcp_url, json=call("loopback"), headers={**headers, **on_loopback})
+            assert r.status_code == 200 and "loopback" in r.text, r.text
+            assert lean_answers(gw.control_url) == before + 1
+            for other in (
+                {"Host": "attacker.example"},
+                {"Host": f"attacker.example:{port}"},
+                {"Host": f"127.0.0.1.attacker.example:{port}"},  # loopback's name as a prefix only
+                {"Origin": "http://attacker.example"},
+                {"Origin": f"http://localhost.attacker.example:{port}"},
+            ):
+                r = await http.post(gw.mcp_url, json=call(str(other)), headers={**headers, **other})
+                assert r.status_code in (403, 421), (other, r.status_code, r.text)
+    assert [e["args"]["text"] for e in executions(exec_log, "echo")] == ["loopback"]

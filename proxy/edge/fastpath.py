@@ -16,7 +16,6 @@ exactly as before, with the body replayed.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import re
 import uuid
@@ -64,6 +63,9 @@ class LeanPath:
         self.body_limit = body_limit
         # As the SDK does for a loopback front: refuse other Host/Origin values (DNS rebinding).
         self.hosts = ("127.0.0.1:*", "localhost:*", "[::1]:*") if loopback else None
+        # "host:*" means that host on any port, as the SDK reads it: a prefix check, worked out once.
+        self._host_prefixes = tuple(h.removesuffix("*") for h in self.hosts or ())
+        self._origin_prefixes = tuple(f"http://{p}" for p in self._host_prefixes)
         self.answered = {method: metrics.lean_answers.labels(method) for method in LEAN_METHODS}
         # A waiting call's events are kept for `linger` s after its answer, for a client that missed it.
         self.streams = CallStreams(linger)
@@ -115,11 +117,12 @@ class LeanPath:
         return self._host_allowed(headers)
 
     def _host_allowed(self, headers: dict[str, str]) -> bool:
+        # Anything else goes to the SDK, which refuses it or lets it through by the same rules.
         if self.hosts is not None:
-            if not any(fnmatch.fnmatch(headers.get("host", ""), h) for h in self.hosts):
+            if not headers.get("host", "").startswith(self._host_prefixes):
                 return False
             origin = headers.get("origin")
-            if origin is not None and not any(fnmatch.fnmatch(origin, f"http://{h}") for h in self.hosts):
+            if origin is not None and not origin.startswith(self._origin_prefixes):
                 return False
         return True
 
