@@ -517,8 +517,9 @@ class App:
 
     async def serve_http(self, sock: socket.socket) -> None:
         """Serve the HTTP front until a signal or `stopping` is set."""
+        # No WebSocket protocol: MCP has none, and an upgrade request is then plain HTTP to us.
         config = uvicorn.Config(
-            self.http_app(), log_level="warning", lifespan="off", timeout_graceful_shutdown=3
+            self.http_app(), log_level="warning", lifespan="off", ws="none", timeout_graceful_shutdown=3
         )
         self._http = _Uvicorn(config)
         # The SDK's session manager normally runs from Starlette's lifespan; we run it ourselves so
