@@ -15,9 +15,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
+
+if TYPE_CHECKING:
+    from tests.inprocess import InProcessGateway
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -138,6 +141,10 @@ class Gateway(Proc):
     control_url: str = ""
 
 
+# What start_gateway hands back: the same URLs, stop/kill and output, on a thread or a process.
+RunningGateway: TypeAlias = "Gateway | InProcessGateway"
+
+
 def write_config(config: dict[str, Any], path: Path) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -151,7 +158,7 @@ def start_gateway(
     ready_timeout: float = 30.0,
     ready_path: str = "/readyz",
     own_process: bool = False,
-) -> Any:
+) -> RunningGateway:
     """Write `config` (listen/control ports filled in when absent), start the gateway, wait until ready.
 
     It runs on a thread of this process (`tests.inprocess`): most tests are of what the gateway does
@@ -181,7 +188,7 @@ def _start_gateway(
     ready_timeout: float,
     ready_path: str,
     own_process: bool,
-) -> Any:
+) -> RunningGateway:
     config = dict(config)
     config.setdefault("listen", {"host": "127.0.0.1", "port": free_port()})
     config.setdefault("control", {"host": "127.0.0.1", "port": free_port()})
@@ -210,7 +217,7 @@ def _start_gateway(
 
 def _start_in_process(
     config: dict[str, Any], path: Path, env: dict[str, str] | None, ready_timeout: float, ready_path: str
-) -> Any:
+) -> InProcessGateway:
     from tests.inprocess import InProcessGateway
 
     listen, control = config["listen"], config["control"]
@@ -230,7 +237,7 @@ def _start_in_process(
 
 
 @contextlib.contextmanager
-def running_gateway(config: dict[str, Any], tmp_path: Path, **kw: Any) -> Iterator[Gateway]:
+def running_gateway(config: dict[str, Any], tmp_path: Path, **kw: Any) -> Iterator[RunningGateway]:
     gw = start_gateway(config, tmp_path, **kw)
     try:
         yield gw
