@@ -47,38 +47,37 @@ class Timer:
 
 
 class TimerHeap:
-    """Callbacks due at loop times, in a heap, with one loop timer armed for the earliest."""
+    """Callbacks due at loop times, in a heap, with a loop timer armed for the earliest."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
+        # Nothing here refers to the loop, not even the armed handle (a handle holds its loop): the
+        # heap is the value of a mapping weakly keyed by its loop, which it must not keep alive.
         self._heap: list[Timer] = []
         self._seq = itertools.count()
-        self._armed: asyncio.TimerHandle | None = None
-        self._armed_at = float("inf")
+        self._armed_at = float("inf")  # when the current loop timer fires (inf: none armed)
         self.cancelled = 0  # entries cancelled but still in the heap
 
     def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> Timer:
         """Run `callback(*args)` in `delay` seconds (as `loop.call_later`, without a handle each)."""
-        timer = Timer(self, self.loop.time() + max(0.0, delay), next(self._seq), callback, args)
+        loop = asyncio.get_running_loop()
+        timer = Timer(self, loop.time() + max(0.0, delay), next(self._seq), callback, args)
         heapq.heappush(self._heap, timer)
         if timer.when < self._armed_at:
-            self._arm(timer.when)
+            # An earlier timer than the armed one: arm another. The one it supersedes still fires
+            # at its time and finds nothing of its own to do.
+            self._armed_at = timer.when
+            loop.call_at(timer.when + _LATE, self._run, timer.when)
         return timer
 
     def __len__(self) -> int:
         return sum(1 for timer in self._heap if not timer.cancelled)
 
-    def _arm(self, when: float) -> None:
-        if self._armed is not None:
-            self._armed.cancel()
-        self._armed = self.loop.call_at(when, self._run)
-        self._armed_at = when
-
-    def _run(self) -> None:
-        self._armed, self._armed_at = None, float("inf")
-        # As asyncio's own loop: what is due within the clock's resolution is due now (uvloop's
-        # timers round to milliseconds, and may fire a little early).
-        now = self.loop.time() + 0.001
+    def _run(self, armed_for: float) -> None:
+        current = armed_for == self._armed_at
+        if current:
+            self._armed_at = float("inf")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         due: list[Timer] = []
         while self._heap and (self._heap[0].cancelled or self._heap[0].when <= now):
             timer = heapq.heappop(self._heap)
@@ -90,8 +89,9 @@ class TimerHeap:
             self._heap = [t for t in self._heap if not t.cancelled]  # decided requests' expiries
             heapq.heapify(self._heap)
             self.cancelled = 0
-        if self._heap:
-            self._arm(self._heap[0].when)
+        if current and self._heap:
+            self._armed_at = self._heap[0].when
+            loop.call_at(self._armed_at + _LATE, self._run, self._armed_at)
         for timer in due:
             if timer.cancelled:  # an earlier callback in this batch cancelled it
                 self.cancelled -= 1
@@ -105,6 +105,10 @@ class TimerHeap:
                 log.exception("a timer's callback failed")
 
 
+# Loop timers are armed this much after what they wait for: uvloop rounds a delay down to whole
+# milliseconds, and a request must not expire (nor a call time out) before its time.
+_LATE = 0.001
+
 _heaps: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerHeap] = weakref.WeakKeyDictionary()
 
 
@@ -113,7 +117,7 @@ def later(delay: float, callback: Callable[..., None], *args: Any) -> Timer:
     loop = asyncio.get_running_loop()
     heap = _heaps.get(loop)
     if heap is None:
-        heap = _heaps[loop] = TimerHeap(loop)
+        heap = _heaps[loop] = TimerHeap()
     return heap.call_later(delay, callback, *args)
 
 

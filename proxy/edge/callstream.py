@@ -158,7 +158,7 @@ class CallStream:
         self._ping = later(delay, self._maybe_ping)
 
     def _maybe_ping(self) -> None:
-        # A timer, not a task per stream: thousands of held calls cost a handle each while they wait.
+        # A timer, not a task per stream: thousands of held calls cost a heap entry each while they wait.
         self._ping = None
         if self.finished or self.send is None:
             return

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-from datetime import timedelta
+import weakref
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -86,8 +88,7 @@ async def test_a_failing_job_is_logged_and_the_others_still_run(caplog: pytest.L
 
 
 async def test_the_heap_runs_callbacks_in_time_order_under_one_loop_timer() -> None:
-    loop = asyncio.get_running_loop()
-    heap = TimerHeap(loop)
+    heap = TimerHeap()
     order: list[str] = []
     finished = asyncio.Event()
     heap.call_later(0.15, order.append, "third")
@@ -106,7 +107,7 @@ async def test_the_heap_runs_callbacks_in_time_order_under_one_loop_timer() -> N
 async def test_a_cancelled_callback_never_runs_and_a_failing_one_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    heap = TimerHeap(asyncio.get_running_loop())
+    heap = TimerHeap()
     ran: list[str] = []
     finished = asyncio.Event()
 
@@ -125,7 +126,7 @@ async def test_a_cancelled_callback_never_runs_and_a_failing_one_is_logged(
 
 
 async def test_cancelled_entries_are_dropped_once_they_are_most_of_the_heap() -> None:
-    heap = TimerHeap(asyncio.get_running_loop())
+    heap = TimerHeap()
     finished = asyncio.Event()
     timers = [heap.call_later(3600, finished.set) for _ in range(1000)]
     for timer in timers[:900]:
@@ -144,3 +145,51 @@ async def test_later_uses_one_heap_per_loop() -> None:
     assert timer.heap is later(3600, lambda: None).heap
     async with asyncio.timeout(5):
         await fired.wait()
+
+
+def test_a_closed_loop_is_let_go_with_its_heap() -> None:
+    """The heap is kept per loop, weakly: a gateway started and stopped on a thread leaks nothing."""
+    loop = asyncio.new_event_loop()
+
+    async def arm() -> None:
+        later(3600, lambda: None)
+
+    loop.run_until_complete(arm())
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None
+
+
+def test_nothing_runs_before_its_time_on_uvloop() -> None:
+    """uvloop rounds timer delays down to milliseconds: an expiry must still never come early."""
+    import uvloop
+
+    async def main() -> tuple[list[float], list[float]]:
+        loop = asyncio.get_running_loop()
+        early_by: list[float] = []
+        jobs_early_by: list[float] = []
+        finished = asyncio.Event()
+        timers = Timers()
+
+        def check(when: float) -> None:
+            early_by.append(when - loop.time())
+
+        async def job(when: datetime) -> None:
+            jobs_early_by.append((when - utcnow()).total_seconds())
+            if len(jobs_early_by) == 20:
+                finished.set()
+
+        for i in range(20):
+            delay = 0.0003 + i * 0.0071  # not whole milliseconds
+            later(delay, check, loop.time() + delay)
+            when = utcnow() + timedelta(seconds=delay)
+            timers.at(f"job{i}", when, job, when)
+        async with asyncio.timeout(5):
+            await finished.wait()
+        return early_by, jobs_early_by
+
+    early_by, jobs_early_by = uvloop.run(main())
+    assert len(early_by) == 20 and max(early_by) <= 0
+    assert max(jobs_early_by) <= 0
