@@ -143,7 +143,7 @@ class Timers:
             return
         self.cancel(key)
         delay = max(0.0, (when - utcnow()).total_seconds())
-        self._handles[key] = later(delay, self._fire, key, job, args)
+        self._handles[key] = later(delay, self._fire, key, when, job, args)
 
     def cancel(self, key: str) -> None:
         """Forget what `key` was due to run (nothing if it had none, or it already ran)."""
@@ -161,7 +161,15 @@ class Timers:
             handle.cancel()
         self._handles.clear()
 
-    def _fire(self, key: str, job: Callable[..., Awaitable[None]], args: tuple[Any, ...]) -> None:
+    def _fire(
+        self, key: str, when: datetime, job: Callable[..., Awaitable[None]], args: tuple[Any, ...]
+    ) -> None:
+        left = (when - utcnow()).total_seconds()
+        if left > 0:
+            # The loop's clock (cached per turn of the loop) ran behind the wall clock when this was
+            # set: not yet. A request must not expire before its time.
+            self._handles[key] = later(left, self._fire, key, when, job, args)
+            return
         self._handles.pop(key, None)
         task = asyncio.ensure_future(job(*args))
         self._running.add(task)
