@@ -206,6 +206,9 @@ async def test_a_call_is_traced_with_its_approval_and_the_context_flows(
         client_with_traceparent(gw.mcp_url) as client,
     ):
         admin = Admin(gw.control_url)
+        # The lean path knows a session once the SDK has handled its `notifications/initialized`,
+        # which it does after answering 202: a first request makes sure, as a client's usually does.
+        await client.list_tools()
         call = asyncio.create_task(client.call_tool("deploy", {"build": "b1"}))
         [request] = await admin.pending()
         await asyncio.sleep(0.3)  # an approval that takes a moment: time to decide > 0.3 s
