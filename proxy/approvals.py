@@ -102,10 +102,10 @@ class HeldCall:
         """Wait for the decision, calling `report(seconds_waited)` at once and every `every` seconds."""
         # At once too: a short hold on a busy gateway may be decided or expire before the first
         # interval, and the agent should still learn that its call is waiting for a person.
-        if report is not None and not self.future.done():
-            await _report(report, 0.0)
         if report is None:
             return await self.future
+        if not self.future.done():
+            await _report(report, 0.0)
         # The later reports come from a timer, not a loop of timeouts around the future: thousands
         # of held calls each keep one heap entry while they wait, and a report in flight when the
         # decision lands is finished first, so the agent reads it before the answer.
@@ -172,9 +172,9 @@ class Broker:
         # Whether a cancelled waiter's client asked for the cancellation (by ToolCall id); otherwise
         # its session ended under it: the agent went away. Set by whoever knows the client side.
         self.cancelled_by_agent: Callable[[str], bool] = lambda call_id: True
-        self.timers = Timers()
         self._poll_since = utcnow()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.timers = Timers(self._background)
         self.escalation = Escalation(store, channel, pagerduty, page_url, self.timers, self._background)
         self.prober = prober  # reads the target's live state for the request (policy `approval.context`)
         self.metrics = metrics

@@ -12,7 +12,7 @@ import heapq
 import itertools
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -132,9 +132,9 @@ class Timers:
     its process is the periodic sweep's to catch up on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self._handles: dict[str, Timer] = {}
-        self._running: set[asyncio.Task[None]] = set()
+        self.spawn = spawn  # runs a job in the owner's background tasks (which its stop waits for)
         self.stopped = False
 
     def at(self, key: str, when: datetime, job: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -171,11 +171,11 @@ class Timers:
             self._handles[key] = later(left, self._fire, key, when, job, args)
             return
         self._handles.pop(key, None)
-        task = asyncio.ensure_future(job(*args))
-        self._running.add(task)
-        task.add_done_callback(self._done)
+        self.spawn(_logged(job(*args)))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("a timed job failed", exc_info=task.exception())
+
+async def _logged(job: Awaitable[None]) -> None:
+    try:
+        await job
+    except Exception:
+        log.exception("a timed job failed")

@@ -6,12 +6,23 @@ import asyncio
 import gc
 import logging
 import weakref
+from collections.abc import Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
 from proxy.records import utcnow
 from proxy.timers import TimerHeap, Timers, later
+
+_running: set[asyncio.Task[None]] = set()
+
+
+def spawn(job: Coroutine[Any, Any, None]) -> None:
+    """What the broker's background does: run the job as a task, kept until it ends."""
+    task = asyncio.ensure_future(job)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
 
 
 class Ran:
@@ -32,7 +43,7 @@ class Ran:
 
 
 async def test_a_job_runs_once_at_its_time_and_one_past_due_at_once() -> None:
-    timers, ran = Timers(), Ran()
+    timers, ran = Timers(spawn), Ran()
     timers.at("late", utcnow() - timedelta(minutes=5), ran.job, "late")
     timers.at("soon", utcnow() + timedelta(seconds=0.2), ran.job, "soon")
     timers.at("hour", utcnow() + timedelta(hours=1), ran.job, "hour")
@@ -46,7 +57,7 @@ async def test_a_job_runs_once_at_its_time_and_one_past_due_at_once() -> None:
 
 
 async def test_setting_a_key_again_replaces_it_and_cancel_forgets_it() -> None:
-    timers, ran = Timers(), Ran()
+    timers, ran = Timers(spawn), Ran()
     timers.at("a", utcnow() + timedelta(seconds=0.1), ran.job, "first")
     timers.at("a", utcnow() + timedelta(seconds=0.2), ran.job, "second")
     timers.at("b", utcnow() + timedelta(seconds=0.1), ran.job, "b")
@@ -60,7 +71,7 @@ async def test_setting_a_key_again_replaces_it_and_cancel_forgets_it() -> None:
 
 
 async def test_stop_cancels_everything_and_refuses_more() -> None:
-    timers, ran = Timers(), Ran()
+    timers, ran = Timers(spawn), Ran()
     timers.at("a", utcnow(), ran.job, "a")
     timers.stop()
     timers.at("b", utcnow(), ran.job, "b")
@@ -71,7 +82,7 @@ async def test_stop_cancels_everything_and_refuses_more() -> None:
 
 
 async def test_a_failing_job_is_logged_and_the_others_still_run(caplog: pytest.LogCaptureFixture) -> None:
-    timers, ran = Timers(), Ran()
+    timers, ran = Timers(spawn), Ran()
 
     async def fails() -> None:
         raise RuntimeError("the store is down")
@@ -171,7 +182,7 @@ def test_nothing_runs_before_its_time_on_uvloop() -> None:
         early_by: list[float] = []
         jobs_early_by: list[float] = []
         finished = asyncio.Event()
-        timers = Timers()
+        timers = Timers(spawn)
 
         def check(when: float) -> None:
             early_by.append(when - loop.time())
