@@ -24,6 +24,7 @@ from proxy.redact import (
     redact,
     redact_text,
 )
+from proxy.secret_finder import _every_candidate, may_hold_a_secret
 
 
 def mask(kind: str, secret: str) -> str:
@@ -228,6 +229,29 @@ def test_each_secret_shape_is_masked_exactly(around: str, secret: str, kind: str
     assert Finding(start, start + len(secret), kind) in find_secrets(text)
     strong = redact_text(text)
     assert secret not in strong and strong == around.format(REDACTED)
+
+
+# Texts each rule finds something in: every shape in its sentence, and name = value pairs.
+FINDABLE = [around.format(secret) for around, secret, _ in SHAPES]
+
+
+@given(st.sampled_from(FINDABLE), st.integers(0, 300), st.integers(0, 300), st.booleans())
+def test_the_quick_check_lets_through_every_text_a_rule_finds_something_in(
+    text: str, a: int, b: int, swap: bool
+) -> None:
+    # The quick check skips the rules for text it says cannot hold a secret: any piece of a findable
+    # text, in either case, in which a rule still finds something must get past it.
+    piece = text[min(a, b) : max(a, b)]
+    piece = piece.swapcase() if swap else piece
+    if _every_candidate(piece, cautious=True):
+        assert may_hold_a_secret(piece), piece
+
+
+def test_the_quick_check_passes_every_shape_and_stops_plain_words() -> None:
+    for text in FINDABLE + [f"{key}={'S3cr3t-v@lue_123'}" for key in SECRET_KEYS]:
+        assert may_hold_a_secret(text), text
+    for plain in ("hello", "ok", "/tmp/report.txt", "restart the worker pool", "1234 5678"):
+        assert not may_hold_a_secret(plain) and not find_secrets(plain)
 
 
 SECRET_KEYS = [
