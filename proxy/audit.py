@@ -10,8 +10,7 @@ import time
 from collections import deque
 from typing import Any
 
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
-
+from proxy.auditrows import row_rejected
 from proxy.metrics import Metrics
 from proxy.records import utcnow
 from proxy.redact import redact
@@ -31,28 +30,16 @@ def _storable(value: Any) -> Any:
     return value
 
 
-# SQLSTATE classes of a row the database rejects: data exception, integrity constraint, program limit.
-ROW_REJECTED_CLASSES = ("22", "23", "54")
-
-
-def _is_outage(e: BaseException) -> bool:
-    """Anything but a row the database rejects: keep the batch and retry it later.
-
-    Decided by what the row error is, not what an outage looks like: a server starting up or shutting
-    down answers with errors SQLAlchemy maps to neither OperationalError nor InterfaceError, and taking
-    those for a bad row dropped the records written meanwhile.
-    """
-    if not isinstance(e, DBAPIError) or e.connection_invalidated:
-        return True
-    if isinstance(e, IntegrityError | DataError):
-        return False
-    sqlstate = getattr(e.orig, "sqlstate", None) or ""
-    return not sqlstate.startswith(ROW_REJECTED_CLASSES)
+def _unstorable(rec: dict[str, Any], e: BaseException) -> dict[str, Any]:
+    """The record without its arguments, saying why they were not stored."""
+    return {**rec, "arguments": {"_unstorable": str(e)[:500]}}
 
 
 # Argument strings longer than this are cut in audit records (the full call is the upstream's business).
 MAX_AUDIT_TEXT = 4096
-YIELD_AFTER = 0.002  # seconds of redaction work before the writer lets other tasks run
+# Seconds of work (redaction, a row's parameters) after which the writer lets the calls waiting on
+# the loop go first: each block of it is added to the latency of some call that waits meanwhile.
+YIELD_AFTER = 0.0002
 
 log = logging.getLogger("signoff.audit")
 
@@ -71,7 +58,11 @@ class AuditLog:
         self.batch = batch
         self.healthy = True
         self._buffer: deque[dict[str, Any]] = deque()
-        self._failed: list[dict[str, Any]] = []
+        # Records redacted, each with its row, in order: prepared a few at a time between calls.
+        self._ready: deque[tuple[dict[str, Any], tuple[Any, ...]]] = deque()
+        self._preparing = False
+        # Records already redacted, each with its row, from a write that failed: the next one goes first.
+        self._failed: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -80,16 +71,42 @@ class AuditLog:
         """Queue a record (the `audit` table's columns); never blocks.
 
         Plain dicts, not ORM objects: building a SQLModel row costs more than the rest of an allowed
-        call. Arguments are redacted when written, off the call path.
+        call. The record is redacted and made a row just after, once the loop has run what is waiting
+        (the call's reply among it): a few microseconds after each call rather than a millisecond of
+        a whole batch at once, which some call would wait for.
         """
         fields.setdefault("at", utcnow())
         self._buffer.append(fields)
-        if len(self._buffer) >= self.batch:
+        if not self._preparing:
+            with contextlib.suppress(RuntimeError):  # no loop running: the next flush prepares it
+                asyncio.get_running_loop().call_soon(self._prepare_some)
+                self._preparing = True
+        if len(self._buffer) + len(self._ready) >= self.batch:
             self._wake.set()
 
     @property
     def backlog(self) -> int:
-        return len(self._buffer) + len(self._failed)
+        return len(self._buffer) + len(self._ready) + len(self._failed)
+
+    def _prepare_some(self) -> None:
+        """Prepare queued records for `YIELD_AFTER` s at most; the rest in a later turn of the loop."""
+        started = time.perf_counter()
+        try:
+            while self._buffer:
+                self._prepare_next()
+                if time.perf_counter() - started > YIELD_AFTER:
+                    asyncio.get_running_loop().call_soon(self._prepare_some)
+                    return
+        except BaseException:
+            self._preparing = False
+            raise
+        self._preparing = False
+
+    def _prepare_next(self) -> None:
+        rec = self._buffer.popleft()
+        rec["arguments"] = redact(rec.get("arguments") or {}, MAX_AUDIT_TEXT)
+        rec = _storable(rec)
+        self._ready.append((rec, self._row(rec)))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
@@ -104,23 +121,22 @@ class AuditLog:
     async def flush(self) -> None:
         """Write everything queued so far (in batches)."""
         async with self._lock:
-            while self._buffer or self._failed:
-                # A batch that failed before is already redacted; retry it first, in order.
-                batch, self._failed = self._failed, []
+            while self._buffer or self._ready or self._failed:
+                # What is not prepared yet (a burst faster than the loop's spare turns) is, here.
                 slice_started = time.perf_counter()
-                while self._buffer and len(batch) < self.batch:
-                    rec = self._buffer.popleft()
-                    rec["arguments"] = redact(rec.get("arguments") or {}, MAX_AUDIT_TEXT)
-                    batch.append(_storable(rec))
+                while self._buffer:
+                    self._prepare_next()
                     if time.perf_counter() - slice_started > YIELD_AFTER:
-                        # Redacting large arguments takes ~0.5 ms per 100 KB: let the calls waiting
-                        # on the loop go first instead of stalling them for a whole batch.
                         await asyncio.sleep(0)
                         slice_started = time.perf_counter()
+                # A batch that failed before is already redacted; retry it first, in order.
+                batch, self._failed = self._failed, []
+                while self._ready and len(batch) < self.batch:
+                    batch.append(self._ready.popleft())
                 try:
-                    await self.store.write_audit(batch)
+                    await self.store.insert_audit([row for _, row in batch])
                 except Exception as e:
-                    if not _is_outage(e):
+                    if row_rejected(e):
                         # The database refuses something in the batch, not the connection: write the
                         # rows one by one so one bad record cannot hold up (or lose) the others.
                         log.error(
@@ -138,18 +154,27 @@ class AuditLog:
                     log.warning("audit log writable again")
                 self.healthy = True
 
-    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _row(self, rec: dict[str, Any]) -> tuple[Any, ...]:
+        """The record as the insert's row; one whose arguments cannot be stored is kept without them."""
+        try:
+            return self.store.audit_params(rec)
+        except (TypeError, ValueError) as e:
+            return self.store.audit_params(_unstorable(rec, e))
+
+    async def _write_one_by_one(
+        self, batch: list[tuple[dict[str, Any], tuple[Any, ...]]]
+    ) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
         """Write rows singly, storing a rejected row without its arguments; returns what an outage left."""
-        for n, rec in enumerate(batch):
+        for n, (rec, row) in enumerate(batch):
             try:
                 try:
-                    await self.store.write_audit([rec])
-                except DBAPIError as e:
-                    if _is_outage(e):
+                    await self.store.insert_audit([row])
+                except Exception as e:
+                    if not row_rejected(e):
                         raise
-                    await self.store.write_audit([{**rec, "arguments": {"_unstorable": str(e)[:500]}}])
+                    await self.store.insert_audit([self.store.audit_params(_unstorable(rec, e))])
             except Exception as e:
-                if not _is_outage(e):
+                if row_rejected(e):
                     log.error("audit record for call %s could not be written: %s", rec.get("call_id"), e)
                     continue
                 return batch[n:]

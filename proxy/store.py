@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from proxy.auditrows import AuditInserts
 from proxy.records import APPROVED, EXPIRED, PENDING, WITHDRAWN, Approval, AuditRecord, Grant, ToolPin, utcnow
 from proxy.secretfiles import make_private, sqlite_path
 
@@ -258,6 +259,7 @@ class Store:
         # SQLite allows one writer at a time; queueing our own writes here is far cheaper than letting
         # them collide in SQLite's busy handler, which sleeps between retries.
         self._write_lock = asyncio.Lock()
+        self._audit = AuditInserts(self.engine, AuditRow.__table__, _AUDIT_COLUMNS)  # type: ignore[attr-defined]
 
     def _writing(self) -> Any:
         return self._write_lock if self.is_sqlite else contextlib.nullcontext()
@@ -287,6 +289,8 @@ class Store:
             )
 
     async def close(self) -> None:
+        """Close every open connection (the audit writer's too); a later use opens new ones."""
+        await self._audit.close()
         await self.engine.dispose()
 
     # -- approvals ---------------------------------------------------------------------------
@@ -728,10 +732,21 @@ class Store:
 
     # -- audit -------------------------------------------------------------------------------
 
+    def audit_params(self, fields: dict[str, Any]) -> tuple[Any, ...]:
+        """An audit record (the `audit` columns; those left out take their defaults) as a row to insert."""
+        row = {**_AUDIT_DEFAULTS, **fields}
+        if "at" not in row:
+            row["at"] = utcnow()
+        return self._audit.params(row)
+
+    async def insert_audit(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert rows made by `audit_params` in one statement, at the driver (see `proxy.auditrows`)."""
+        async with self._writing():
+            await self._audit.insert(rows)
+
     async def write_audit(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert audit rows in one statement: Core executemany on a connection, no ORM session."""
-        async with self._writing(), self.engine.begin() as conn:
-            await conn.execute(insert(AuditRow.__table__), [_audit_row(r) for r in rows])  # type: ignore[attr-defined]
+        """Insert audit records in one statement."""
+        await self.insert_audit([self.audit_params(r) for r in rows])
 
     async def audit(
         self,
@@ -857,6 +872,8 @@ _AUDIT_DEFAULTS = {
     "grant_id": None,
     "edited_hash": None,
 }
+# executemany needs every row to name the same columns: the required ones and those with defaults.
+_AUDIT_COLUMNS = ("at", "call_id", "identity", "tool", "decision", *_AUDIT_DEFAULTS)
 
 
 def _fields(record: Approval | Grant | ToolPin) -> dict[str, Any]:
@@ -880,11 +897,6 @@ _APPROVAL_FIELDS = tuple(f.name for f in dataclasses.fields(Approval))
 def _approval_or_none(row: Any) -> Approval | None:
     """The record of a Core result row of the approval table (None for no row)."""
     return None if row is None else Approval(**{name: row[name] for name in _APPROVAL_FIELDS})
-
-
-def _audit_row(fields: dict[str, Any]) -> dict[str, Any]:
-    # executemany needs every row to name the same columns.
-    return {**_AUDIT_DEFAULTS, **fields}
 
 
 @contextlib.asynccontextmanager

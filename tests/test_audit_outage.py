@@ -47,7 +47,7 @@ async def test_records_written_while_the_database_refuses_connections_arrive_whe
         assert await written(store) == ["c1"] and audit.healthy
 
         await asyncio.to_thread(pg.psql, f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-        await store.engine.dispose()  # the pool's open connections would still be let in
+        await store.close()  # its open connections (the audit writer's too) would still be let in
         audit.record(**call(2))
         audit.record(**call(3))
         await audit.flush()

@@ -1,0 +1,66 @@
+"""The audit writer on a real SQLite file: every record written once, in order, redacted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from proxy.audit import AuditLog
+from proxy.metrics import Metrics
+from proxy.store import Store
+
+
+def call(n: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "call_id": f"c{n}",
+        "identity": "agent",
+        "tool": "echo",
+        "decision": "allow",
+        "outcome": "ok",
+        **extra,
+    }
+
+
+async def written(store: Store) -> list[str]:
+    return [r.call_id for r in await store.audit(limit=10_000)]  # oldest first
+
+
+async def test_records_are_written_once_and_in_order_however_they_were_prepared(tmp_path: Path) -> None:
+    # Records are made rows a few at a time between calls, and whatever is left at a flush; a
+    # flush may come in the middle of either, and a batch is smaller than what is queued.
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
+    await store.open()
+    audit = AuditLog(store, Metrics(), interval=3600, batch=64)
+    try:
+        n = 0
+        for burst in (1, 7, 300, 2, 150):
+            for _ in range(burst):
+                n += 1
+                audit.record(**call(n, arguments={"text": f"call {n}", "api_key": f"sk-live-{n:08d}"}))
+            if burst % 2:
+                await asyncio.sleep(0)  # one turn of the loop: some are prepared, some not
+            else:
+                await audit.flush()
+        await audit.flush()
+        assert audit.backlog == 0 and audit.healthy
+        assert await written(store) == [f"c{i}" for i in range(1, n + 1)]
+        last = await store.audit(limit=1)
+        assert last[0].arguments == {"text": f"call {n}", "api_key": "[REDACTED]"}
+    finally:
+        await store.close()
+
+
+async def test_a_stopped_writer_leaves_nothing_queued(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
+    await store.open()
+    audit = AuditLog(store, Metrics(), interval=3600)
+    audit.start()
+    try:
+        for i in range(1000):
+            audit.record(**call(i))
+        await audit.stop()
+        assert audit.backlog == 0
+        assert len(await written(store)) == 1000
+    finally:
+        await store.close()
