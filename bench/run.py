@@ -4,8 +4,10 @@
    and through the gateway's HTTP front (stdio upstream), same protocol version (2025-11-25) and
    framing (SSE replies): sequential `echo` p50/p99, the same in the stateless 2026-07-28 era, p50
    with a 100 KB argument, and 8 sessions x 100 calls (with the gateway's CPU per call); the
-   gateway's idle RSS once started and warmed. Direct and gateway runs are interleaved (the order
-   alternates) and repeated; the medians of the repeats and their ratios gateway/direct are reported.
+   gateway's idle RSS once started and warmed. The same runs go through bench/floor.py, the least a
+   Python forwarder does on the gateway's path: its ratios are what the hop alone costs. The three
+   paths' runs are interleaved (the order rotates) and repeated; the medians of the repeats and
+   their ratios to the direct path are reported.
 2. Policy evaluation: bench/policy_bench.py's `run()` (1,000 rules).
 3. 10,000 calls held for approval at once over the HTTP front (100 sessions): the gateway's peak RSS
    once they are all pending, then every call approved through the approvals API (bounded
@@ -335,22 +337,24 @@ def children(pid: int) -> list[int]:
 
 
 def latency_phase(
-    direct_url: str, gateway_url: str, repeats: int, pids: dict[str, list[int]]
+    direct_url: str, floor_url: str, gateway_url: str, repeats: int, pids: dict[str, list[int]]
 ) -> dict[str, Any]:
-    """Interleaved direct/gateway runs; the order alternates each repeat.
+    """Interleaved direct/floor/gateway runs; the order rotates each repeat.
 
-    `pids`: the server processes of each path (direct: the upstream; gateway: the gateway and its
-    upstream child), whose CPU time per call is recorded for the throughput runs.
+    `pids`: the server processes of each path (direct: the upstream; floor and gateway: the
+    forwarder and its upstream child), whose CPU time per call is recorded for the throughput runs.
     """
+    paths = ["direct", "floor", "gateway"]
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        "seq": {"direct": [], "gateway": []},
-        "modern": {"direct": [], "gateway": []},
-        "payload": {"direct": [], "gateway": []},
-        "throughput": {"direct": [], "gateway": []},
+        phase: {path: [] for path in paths} for phase in ("seq", "modern", "payload", "throughput")
     }
-    targets = {"direct": (direct_url, None), "gateway": (gateway_url, AGENT_TOKEN)}
+    targets = {
+        "direct": (direct_url, None),
+        "floor": (floor_url, None),
+        "gateway": (gateway_url, AGENT_TOKEN),
+    }
     for r in range(repeats):
-        order = ["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]
+        order = paths[r % 3 :] + paths[: r % 3]
         for phase in ("seq", "modern", "payload", "throughput"):
             for path in order:
                 url, token = targets[path]
@@ -385,9 +389,31 @@ def latency_phase(
     sdk = {
         path: client("sdk", url, "--calls", "200", "--warmup", "30", token=tok)
         for path, (url, tok) in targets.items()
+        if path != "floor"
     }
     print(f"  sdk client (reference) direct {_brief(sdk['direct'])} | gateway {_brief(sdk['gateway'])}")
     return {"runs": runs, "sdk_client": sdk}
+
+
+def floor_figures(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, float]:
+    """The floor's ratios to the direct server, under the gateway's keys: what the hop alone costs."""
+
+    def ratio(phase: str, field: str) -> float:
+        return round(
+            med([x[field] for x in runs[phase]["floor"]]) / med([x[field] for x in runs[phase]["direct"]]), 3
+        )
+
+    return {
+        "p50_ratio": ratio("seq", "p50_ms"),
+        "p99_ratio": ratio("seq", "p99_ms"),
+        "p50_ratio_modern": ratio("modern", "p50_ms"),
+        "p99_ratio_modern": ratio("modern", "p99_ms"),
+        "payload_ratio": ratio("payload", "p50_ms"),
+        "throughput_ratio": ratio("throughput", "calls_per_s"),
+        "cpu_ms_per_call": round(
+            med([x["server_cpu_us_per_call"][0] for x in runs["throughput"]["floor"]]) / 1000, 3
+        ),
+    }
 
 
 def _brief(res: dict[str, Any]) -> str:
@@ -686,13 +712,39 @@ def main() -> int:
             )
             procs.append(direct)
             wait_until(lambda: port_open(port), 30, "direct upstream", direct)
+            floor_port = free_port()
+            floor = Proc(
+                [
+                    PYTHON,
+                    str(BENCH / "floor.py"),
+                    str(floor_port),
+                    *framing,
+                    "--",
+                    PYTHON,
+                    str(BENCH / "upstream.py"),
+                ],
+                tmp / "floor.log",
+            )
+            procs.append(floor)
+            wait_until(lambda: port_open(floor_port), 30, "floor", floor)
             gw = Gateway(tmp, "latency", upstream_env={})
             procs.append(gw.proc)
             client("seq", gw.mcp_url, "--calls", "50", "--warmup", "10", token=AGENT_TOKEN)  # warm
             results["idle_rss_mb"] = round(proc_status(gw.proc.pid)["VmRSS"] / 1024, 1)
-            pids = {"direct": [direct.pid], "gateway": [gw.proc.pid, *children(gw.proc.pid)]}
-            lat = latency_phase(f"http://127.0.0.1:{port}/mcp", gw.mcp_url, a.repeats, pids)
+            pids = {
+                "direct": [direct.pid],
+                "floor": [floor.pid, *children(floor.pid)],
+                "gateway": [gw.proc.pid, *children(gw.proc.pid)],
+            }
+            lat = latency_phase(
+                f"http://127.0.0.1:{port}/mcp",
+                f"http://127.0.0.1:{floor_port}/mcp",
+                gw.mcp_url,
+                a.repeats,
+                pids,
+            )
             gw.proc.stop()
+            floor.stop()
             direct.stop()
             runs = lat["runs"]
             fig = {
@@ -741,6 +793,7 @@ def main() -> int:
                     for d, g in zip(runs["throughput"]["direct"], runs["throughput"]["gateway"], strict=True)
                 ],
             }
+            results["floor"] = floor_figures(runs)
             results.update(
                 {
                     "p50_ratio": round(fig["gateway_p50_ms"] / fig["direct_p50_ms"], 3),
@@ -843,9 +896,14 @@ def print_table(r: dict[str, Any]) -> None:
         ),
     ]
     print()
-    print(f"{'figure':30s} {'direct':>12s} {'gateway':>14s} {'value':>9s}  {'target':>8s}  result")
-    print("(direct = the upstream served over Streamable HTTP itself; medians of the repeats)")
-    print("-" * 88)
+    floor = r.get("floor", {})
+    print(
+        f"{'figure':28s} {'direct':>12s} {'gateway':>14s} {'value':>9s}  {'target':>8s}"
+        f"  {'floor':>6s}  result"
+    )
+    print("(direct = the upstream served over Streamable HTTP itself; floor = bench/floor.py, the least a")
+    print(" Python hop does on the gateway's path, same upstream: what no gateway ratio can go below here)")
+    print("-" * 96)
     for key, direct, gateway in rows:
         value = r.get(key)
         op, limit, _ = TARGETS[key]
@@ -853,7 +911,12 @@ def print_table(r: dict[str, Any]) -> None:
         result = verdict(key, value)
         if key == "held_10k_rss_mb" and held and held["held_at_once"] < held["count"]:
             result = f"FAIL (only {held['held_at_once']} of {held['count']} held)"
-        print(f"{key:30s} {direct:>12s} {gateway:>14s} {shown:>9s}  {op} {limit:<5g}  {result}")
+        floor_value = floor.get(key)
+        floor_shown = "" if floor_value is None else f"{floor_value:g}"
+        print(
+            f"{key:28s} {direct:>12s} {gateway:>14s} {shown:>9s}  {op} {limit:<5g}"
+            f"  {floor_shown:>6s}  {result}"
+        )
     if lat:
         print(f"per-repeat ratios: {lat['per_repeat_ratios']}")
         d, g = lat["direct_cpu_us_per_call"], lat["gateway_cpu_us_per_call"]
