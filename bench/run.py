@@ -60,6 +60,9 @@ ADMIN_TOKEN = "bench-admin-token"
 HELD_RAMP_LIMIT = 240  # seconds to get every call held before measuring what is held
 APPROVE_BUDGET = 210  # seconds after which no new page of 1,000 approvals is started
 AGENT_TOKEN = "bench-agent-token"
+# Calls per sequential run: a p99 is the 10th-worst of 1,000, where of 300 it was the 3rd-worst and
+# one stray scheduling delay on a shared 2-core machine moved it by a millisecond.
+SEQ_CALLS = "1000"
 APPROVER_TOKEN = "bench-approver-token"
 
 TARGETS = {  # key: (comparison, limit, what)
@@ -359,9 +362,9 @@ def latency_phase(
             for path in order:
                 url, token = targets[path]
                 if phase == "seq":
-                    res = client("seq", url, "--calls", "300", "--warmup", "50", token=token)
+                    res = client("seq", url, "--calls", SEQ_CALLS, "--warmup", "50", token=token)
                 elif phase == "modern":  # the same calls in the stateless 2026-07-28 era
-                    res = client("seq", url, "--calls", "300", "--warmup", "50", "--modern", token=token)
+                    res = client("seq", url, "--calls", SEQ_CALLS, "--warmup", "50", "--modern", token=token)
                 elif phase == "payload":
                     res = client(
                         "seq",
