@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import Any
 
-from proxy.auditrows import row_rejected
+from proxy.auditrows import Row, row_rejected
 from proxy.metrics import Metrics
 from proxy.records import utcnow
 from proxy.redact import redact
@@ -18,9 +18,16 @@ from proxy.store import Store
 
 
 def _storable(value: Any) -> Any:
-    """What PostgreSQL can store as JSON: no NUL characters, no NaN or infinite numbers."""
+    """What a database can store: no NUL characters or lone surrogates, no NaN or infinite numbers."""
     if isinstance(value, str):
-        return value.replace("\x00", "") if "\x00" in value else value
+        if "\x00" in value:
+            value = value.replace("\x00", "")
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"; UTF-8 does not)
+                value = value.encode(errors="backslashreplace").decode()
+        return value
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
@@ -59,10 +66,10 @@ class AuditLog:
         self.healthy = True
         self._buffer: deque[dict[str, Any]] = deque()
         # Records redacted, each with its row, in order: prepared a few at a time between calls.
-        self._ready: deque[tuple[dict[str, Any], tuple[Any, ...]]] = deque()
+        self._ready: deque[tuple[dict[str, Any], Row]] = deque()
         self._preparing = False
         # Records already redacted, each with its row, from a write that failed: the next one goes first.
-        self._failed: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
+        self._failed: list[tuple[dict[str, Any], Row]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -154,7 +161,7 @@ class AuditLog:
                     log.warning("audit log writable again")
                 self.healthy = True
 
-    def _row(self, rec: dict[str, Any]) -> tuple[Any, ...]:
+    def _row(self, rec: dict[str, Any]) -> Row:
         """The record as the insert's row; one whose arguments cannot be stored is kept without them."""
         try:
             return self.store.audit_params(rec)
@@ -162,8 +169,8 @@ class AuditLog:
             return self.store.audit_params(_unstorable(rec, e))
 
     async def _write_one_by_one(
-        self, batch: list[tuple[dict[str, Any], tuple[Any, ...]]]
-    ) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
+        self, batch: list[tuple[dict[str, Any], Row]]
+    ) -> list[tuple[dict[str, Any], Row]]:
         """Write rows singly, storing a rejected row without its arguments; returns what an outage left."""
         for n, (rec, row) in enumerate(batch):
             try:

@@ -18,6 +18,9 @@ from typing import Any
 from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+# An insert's row: its values in the statement's order, as the driver takes them.
+Row = tuple[Any, ...]
+
 # SQLSTATE classes of a row the database rejects: data exception, integrity constraint, program limit.
 ROW_REJECTED_CLASSES = ("22", "23", "54")
 
@@ -32,18 +35,20 @@ class AuditInserts:
         self.sql = str(compiled)
         order: Sequence[str] = compiled.positiontup or ()
         self.columns = tuple(order)
+        # The dialect's own implementation of each type, as SQLAlchemy binds it (the generic one of
+        # a TypeDecorator would hand SQLite a datetime, which sqlite3 writes in another format).
         self._processors: tuple[tuple[str, Callable[[Any], Any] | None], ...] = tuple(
-            (name, table.c[name].type.bind_processor(dialect)) for name in self.columns
+            (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in self.columns
         )
         self.is_sqlite = dialect.name == "sqlite"
         self._conn: AsyncConnection | None = None
         self._driver: Any = None
 
-    def params(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        """The driver's parameters for one row (which names every column), as SQLAlchemy would bind them."""
+    def params(self, row: dict[str, Any]) -> Row:
+        """One row (naming every column) as the driver takes it, its values as SQLAlchemy would bind them."""
         return tuple(row[name] if p is None else p(row[name]) for name, p in self._processors)
 
-    async def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def insert(self, rows: Sequence[Row]) -> None:
         """Insert rows built by `params` in one transaction; a failed connection is let go for the next."""
         driver = await self._connection()
         try:

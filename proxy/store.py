@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from proxy.auditrows import AuditInserts
+from proxy.auditrows import AuditInserts, Row
 from proxy.records import APPROVED, EXPIRED, PENDING, WITHDRAWN, Approval, AuditRecord, Grant, ToolPin, utcnow
 from proxy.secretfiles import make_private, sqlite_path
 
@@ -732,14 +732,14 @@ class Store:
 
     # -- audit -------------------------------------------------------------------------------
 
-    def audit_params(self, fields: dict[str, Any]) -> tuple[Any, ...]:
+    def audit_params(self, fields: dict[str, Any]) -> Row:
         """An audit record (the `audit` columns; those left out take their defaults) as a row to insert."""
         row = {**_AUDIT_DEFAULTS, **fields}
         if "at" not in row:
             row["at"] = utcnow()
         return self._audit.params(row)
 
-    async def insert_audit(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def insert_audit(self, rows: Sequence[Row]) -> None:
         """Insert rows made by `audit_params` in one statement, at the driver (see `proxy.auditrows`)."""
         async with self._writing():
             await self._audit.insert(rows)

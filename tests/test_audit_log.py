@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,10 @@ async def written(store: Store) -> list[str]:
     return [r.call_id for r in await store.audit(limit=10_000)]  # oldest first
 
 
-async def test_records_are_written_once_and_in_order_however_they_were_prepared(tmp_path: Path) -> None:
+async def test_records_are_written_once_and_in_order_however_they_were_prepared(db_url: str) -> None:
     # Records are made rows a few at a time between calls, and whatever is left at a flush; a
     # flush may come in the middle of either, and a batch is smaller than what is queued.
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
+    store = Store(db_url)
     await store.open()
     audit = AuditLog(store, Metrics(), interval=3600, batch=64)
     try:
@@ -51,6 +54,38 @@ async def test_records_are_written_once_and_in_order_however_they_were_prepared(
         await store.close()
 
 
+async def test_every_value_an_agent_can_send_is_stored_and_read_back(db_url: str) -> None:
+    # What JSON allows and a database's text does not (NUL, a lone surrogate, NaN) is stored as
+    # near as it can be; everything else exactly, whatever the script.
+    store = Store(db_url)
+    await store.open()
+    audit = AuditLog(store, Metrics(), interval=3600)
+    arguments = {
+        "text": "naïve café 日本語 \U0001f680",
+        "nul": "a\x00b",
+        "lone": "x\ud800y",
+        "nan": math.nan,
+        "nested": [{"n": 2**53, "f": 0.1, "t": True, "none": None}],
+    }
+    try:
+        audit.record(
+            **call(1, tool="tōol", client_name="clïent \U0001f916", reason="why\ud83d", arguments=arguments)
+        )
+        await audit.flush()
+        assert audit.healthy and audit.backlog == 0
+        [rec] = await store.audit()
+        assert rec.tool == "tōol" and rec.client_name == "clïent \U0001f916" and rec.reason == "why\\ud83d"
+        assert rec.arguments == {
+            "text": "naïve café 日本語 \U0001f680",
+            "nul": "ab",
+            "lone": "x\\ud800y",
+            "nan": "nan",
+            "nested": [{"n": 2**53, "f": 0.1, "t": True, "none": None}],
+        }
+    finally:
+        await store.close()
+
+
 async def test_a_stopped_writer_leaves_nothing_queued(tmp_path: Path) -> None:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
     await store.open()
@@ -64,3 +99,22 @@ async def test_a_stopped_writer_leaves_nothing_queued(tmp_path: Path) -> None:
         assert len(await written(store)) == 1000
     finally:
         await store.close()
+
+
+async def test_times_are_stored_as_every_other_time_in_the_file(tmp_path: Path) -> None:
+    # Written at the driver, the time must still be SQLAlchemy's text for SQLite, or `since` and
+    # `until` would compare two formats of text.
+    path = tmp_path / "audit.db"
+    store = Store(f"sqlite+aiosqlite:///{path}")
+    await store.open()
+    audit = AuditLog(store, Metrics(), interval=3600)
+    try:
+        audit.record(**call(1))
+        await audit.flush()
+        [rec] = await store.audit()
+        assert [r.call_id for r in await store.audit(since=rec.at, until=rec.at)] == ["c1"]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        [(stored,)] = db.execute("SELECT at FROM audit").fetchall()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", stored), stored
