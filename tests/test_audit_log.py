@@ -6,6 +6,7 @@ import asyncio
 import math
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,16 @@ def call(n: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+async def prepared(audit: AuditLog) -> None:
+    """Until the writer has prepared every record in the background (it does so a moment after each)."""
+    deadline = time.monotonic() + 5
+    while True:
+        if not audit.unprepared:
+            return
+        assert time.monotonic() < deadline, f"{audit.unprepared} records still unprepared"
+        await asyncio.sleep(0.001)
+
+
 async def written(store: Store) -> list[str]:
     return [r.call_id for r in await store.audit(limit=10_000)]  # oldest first
 
@@ -42,9 +53,9 @@ async def test_records_are_written_once_and_in_order_however_they_were_prepared(
                 n += 1
                 audit.record(**call(n, arguments={"text": f"call {n}", "api_key": f"sk-live-{n:08d}"}))
             if burst % 2:
-                await asyncio.sleep(0)  # one turn of the loop: some are prepared, some not
+                await prepared(audit)  # in the background, between calls
             else:
-                await audit.flush()
+                await audit.flush()  # some still unprepared: the flush prepares them
         await audit.flush()
         assert audit.backlog == 0 and audit.healthy
         assert await written(store) == [f"c{i}" for i in range(1, n + 1)]
