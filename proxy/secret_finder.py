@@ -324,10 +324,10 @@ def _key_blocks_to_their_end(text: str, out: list[_Candidate]) -> None:
 
 
 # Every rule above needs one of these in the lower-cased text: a separator (names, URLs, headers), a
-# flag's or a key block's dashes, or a shape's fixed prefix. Most arguments hold none ("hello", a
-# path, an id), and this one search costs a tenth of the twenty-odd scans it spares (the audit
-# redacts every call's arguments). The look-ahead lets the engine skip to a possible first letter.
-# tests/unit/test_redact.py checks that no finding is ever without it.
+# flag's or a key block's dashes, or a shape's fixed prefix. Most arguments are short and hold none
+# ("hello", a path, an id), and for them this one search costs a tenth of the twenty-odd scans it
+# spares (the audit redacts every call's arguments). The look-ahead lets the engine skip to a
+# possible first letter. tests/unit/test_redact.py checks that no finding is ever without it.
 _MAY_HOLD_A_SECRET = re.compile(
     r"(?=[-:=aegmnrswx])(?::|=|--|eyj|a(?:kia|sia|bia|cca|iza)|gh[pousr]_|github_pat_|gl[a-z]{2,4}-"
     r"|xox|xapp-|slack\.com/|npm_|[sr]k_|whsec_|sk-|rpa_|earer|mysql|mariadb)"
@@ -339,8 +339,15 @@ def may_hold_a_secret(text: str) -> bool:
     return _MAY_HOLD_A_SECRET.search(text.lower()) is not None
 
 
+# Past this length the quick check costs as much as the rules (it tries its words at every letter
+# that starts one): long text goes to the rules directly.
+_QUICK_CHECK_UP_TO = 512
+
+
 def _candidates(text: str, cautious: bool) -> list[_Candidate]:
-    return _every_candidate(text, cautious) if may_hold_a_secret(text) else []
+    if len(text) <= _QUICK_CHECK_UP_TO and not may_hold_a_secret(text):
+        return []
+    return _every_candidate(text, cautious)
 
 
 def _every_candidate(text: str, cautious: bool) -> list[_Candidate]:
