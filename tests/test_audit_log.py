@@ -1,14 +1,18 @@
-"""The audit writer on a real SQLite file: every record written once, in order, redacted."""
+"""The audit writer: every record written once, in order, redacted; kept through a database that refuses
+connections, and only a row the database rejects is stored without its arguments."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from proxy.audit import AuditLog
 from proxy.metrics import Metrics
@@ -129,3 +133,56 @@ async def test_times_are_stored_as_every_other_time_in_the_file(tmp_path: Path) 
     with sqlite3.connect(path) as db:
         [(stored,)] = db.execute("SELECT at FROM audit").fetchall()
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", stored), stored
+
+
+@pytest.mark.postgres
+async def test_records_written_while_the_database_refuses_connections_arrive_when_it_accepts_again(
+    pg,
+) -> None:
+    # A server refusing new connections (here: the database closed to them, as while it starts up or
+    # shuts down) answers with an error that is neither OperationalError nor InterfaceError to
+    # SQLAlchemy. Taken for a bad row, it used to drop every record written meanwhile.
+    url = await asyncio.to_thread(pg.new_database)
+    name = url.rsplit("/", 1)[1]
+    store = Store(url)
+    await store.open()
+    audit = AuditLog(store, Metrics(), interval=3600)
+    try:
+        audit.record(**call(1))
+        await audit.flush()
+        assert await written(store) == ["c1"] and audit.healthy
+
+        await asyncio.to_thread(pg.psql, f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        await store.close()  # its open connections (the audit writer's too) would still be let in
+        audit.record(**call(2))
+        audit.record(**call(3))
+        await audit.flush()
+        assert not audit.healthy and audit.backlog == 2
+
+        await asyncio.to_thread(pg.psql, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        audit.record(**call(4))
+        await audit.flush()
+        assert await written(store) == ["c1", "c2", "c3", "c4"]
+        assert audit.healthy and audit.backlog == 0
+    finally:
+        await asyncio.to_thread(pg.psql, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_row_the_database_rejects_is_kept_without_its_arguments_and_the_rest_are_written(pg) -> None:
+    url = await asyncio.to_thread(pg.new_database)
+    store = Store(url)
+    await store.open()
+    audit = AuditLog(store, Metrics(), interval=3600)
+    try:
+        # A tool name too long for its btree index (program limit exceeded, SQLSTATE 54000): the row
+        # cannot be stored even without its arguments, and must not hold up the others.
+        audit.record(**call(1))
+        audit.record(**call(2, tool=os.urandom(20_000).hex()))
+        audit.record(**call(3))
+        await audit.flush()
+        assert audit.healthy and audit.backlog == 0
+        assert await written(store) == ["c1", "c3"]
+    finally:
+        await store.close()
