@@ -50,22 +50,38 @@ class AuditInserts:
 
     async def insert(self, rows: Sequence[Row]) -> None:
         """Insert rows built by `params` in one transaction; a failed connection is let go for the next."""
-        driver = await self._connection()
+        kept = self._driver is not None
         try:
-            if self.is_sqlite:
-                try:
-                    await driver.executemany(self.sql, rows)
-                    await driver.commit()
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await driver.rollback()
-                    raise
-            else:
-                await driver.executemany(self.sql, rows)  # one transaction in asyncpg
-        except BaseException as e:
-            if not row_rejected(e):
-                await self.close()
+            await self._insert(await self._connection(), rows)
+        except Exception as e:
+            if row_rejected(e):
+                raise
+            await self.close()
+            if not kept:
+                raise
+            # The connection kept since the last batch may have died with its server meanwhile (a
+            # restart, an idle timeout): one more try on a new one, as a pool's pre-ping would.
+            try:
+                await self._insert(await self._connection(), rows)
+            except Exception as again:
+                if not row_rejected(again):
+                    await self.close()
+                raise
+        except BaseException:
+            await self.close()
             raise
+
+    async def _insert(self, driver: Any, rows: Sequence[Row]) -> None:
+        if self.is_sqlite:
+            try:
+                await driver.executemany(self.sql, rows)
+                await driver.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await driver.rollback()
+                raise
+        else:
+            await driver.executemany(self.sql, rows)  # one transaction in asyncpg
 
     async def _connection(self) -> Any:
         if self._driver is None:

@@ -186,3 +186,28 @@ async def test_a_row_the_database_rejects_is_kept_without_its_arguments_and_the_
         assert await written(store) == ["c1", "c3"]
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_connection_the_server_dropped_between_batches_is_replaced_without_a_failed_write(pg) -> None:
+    # The writer keeps one connection; a server restart or an idle timeout closes it while nothing
+    # is being written. The next batch goes through on a new one: no record waits, no unhealthy log.
+    url = await asyncio.to_thread(pg.new_database)
+    name = url.rsplit("/", 1)[1]
+    store = Store(url)
+    await store.open()
+    audit = AuditLog(store, Metrics(), interval=3600)
+    try:
+        audit.record(**call(1))
+        await audit.flush()
+        await asyncio.to_thread(
+            pg.psql,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+        )
+        audit.record(**call(2))
+        await audit.flush()
+        assert audit.healthy and audit.backlog == 0
+        assert await written(store) == ["c1", "c2"]
+    finally:
+        await store.close()
