@@ -9,6 +9,8 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,26 @@ async def prepared(audit: AuditLog) -> None:
             return
         assert time.monotonic() < deadline, f"{audit.unprepared} records still unprepared"
         await asyncio.sleep(0.001)
+
+
+@dataclass
+class Writer:
+    """An audit writer (flushed by hand) on a fresh database of the test PostgreSQL server."""
+
+    store: Store
+    audit: AuditLog
+    database: str
+
+
+@pytest.fixture
+async def pg_writer(pg: Any) -> AsyncIterator[Writer]:
+    url = await asyncio.to_thread(pg.new_database)
+    store = Store(url)
+    await store.open()
+    try:
+        yield Writer(store, AuditLog(store, Metrics(), interval=3600), url.rsplit("/", 1)[1])
+    finally:
+        await store.close()
 
 
 async def written(store: Store) -> list[str]:
@@ -137,16 +159,12 @@ async def test_times_are_stored_as_every_other_time_in_the_file(tmp_path: Path) 
 
 @pytest.mark.postgres
 async def test_records_written_while_the_database_refuses_connections_arrive_when_it_accepts_again(
-    pg,
+    pg: Any, pg_writer: Writer
 ) -> None:
     # A server refusing new connections (here: the database closed to them, as while it starts up or
     # shuts down) answers with an error that is neither OperationalError nor InterfaceError to
     # SQLAlchemy. Taken for a bad row, it used to drop every record written meanwhile.
-    url = await asyncio.to_thread(pg.new_database)
-    name = url.rsplit("/", 1)[1]
-    store = Store(url)
-    await store.open()
-    audit = AuditLog(store, Metrics(), interval=3600)
+    store, audit, name = pg_writer.store, pg_writer.audit, pg_writer.database
     try:
         audit.record(**call(1))
         await audit.flush()
@@ -166,48 +184,38 @@ async def test_records_written_while_the_database_refuses_connections_arrive_whe
         assert audit.healthy and audit.backlog == 0
     finally:
         await asyncio.to_thread(pg.psql, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
-        await store.close()
 
 
 @pytest.mark.postgres
-async def test_a_row_the_database_rejects_is_kept_without_its_arguments_and_the_rest_are_written(pg) -> None:
-    url = await asyncio.to_thread(pg.new_database)
-    store = Store(url)
-    await store.open()
-    audit = AuditLog(store, Metrics(), interval=3600)
-    try:
-        # A tool name too long for its btree index (program limit exceeded, SQLSTATE 54000): the row
-        # cannot be stored even without its arguments, and must not hold up the others.
-        audit.record(**call(1))
-        audit.record(**call(2, tool=os.urandom(20_000).hex()))
-        audit.record(**call(3))
-        await audit.flush()
-        assert audit.healthy and audit.backlog == 0
-        assert await written(store) == ["c1", "c3"]
-    finally:
-        await store.close()
+async def test_a_row_the_database_rejects_is_kept_without_its_arguments_and_the_rest_are_written(
+    pg_writer: Writer,
+) -> None:
+    # A tool name too long for its btree index (program limit exceeded, SQLSTATE 54000): the row
+    # cannot be stored even without its arguments, and must not hold up the others.
+    audit = pg_writer.audit
+    audit.record(**call(1))
+    audit.record(**call(2, tool=os.urandom(20_000).hex()))
+    audit.record(**call(3))
+    await audit.flush()
+    assert audit.healthy and audit.backlog == 0
+    assert await written(pg_writer.store) == ["c1", "c3"]
 
 
 @pytest.mark.postgres
-async def test_a_connection_the_server_dropped_between_batches_is_replaced_without_a_failed_write(pg) -> None:
+async def test_a_connection_the_server_dropped_between_batches_is_replaced_without_a_failed_write(
+    pg: Any, pg_writer: Writer
+) -> None:
     # The writer keeps one connection; a server restart or an idle timeout closes it while nothing
     # is being written. The next batch goes through on a new one: no record waits, no unhealthy log.
-    url = await asyncio.to_thread(pg.new_database)
-    name = url.rsplit("/", 1)[1]
-    store = Store(url)
-    await store.open()
-    audit = AuditLog(store, Metrics(), interval=3600)
-    try:
-        audit.record(**call(1))
-        await audit.flush()
-        await asyncio.to_thread(
-            pg.psql,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
-        )
-        audit.record(**call(2))
-        await audit.flush()
-        assert audit.healthy and audit.backlog == 0
-        assert await written(store) == ["c1", "c2"]
-    finally:
-        await store.close()
+    audit = pg_writer.audit
+    audit.record(**call(1))
+    await audit.flush()
+    await asyncio.to_thread(
+        pg.psql,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{pg_writer.database}' AND pid <> pg_backend_pid()",
+    )
+    audit.record(**call(2))
+    await audit.flush()
+    assert audit.healthy and audit.backlog == 0
+    assert await written(pg_writer.store) == ["c1", "c2"]
