@@ -50,26 +50,22 @@ class AuditInserts:
 
     async def insert(self, rows: Sequence[Row]) -> None:
         """Insert rows built by `params` in one transaction; a failed connection is let go for the next."""
-        kept = self._driver is not None
-        try:
-            await self._insert(await self._connection(), rows)
-        except Exception as e:
-            if row_rejected(e):
-                raise
-            await self.close()
-            if not kept:
-                raise
-            # The connection kept since the last batch may have died with its server meanwhile (a
-            # restart, an idle timeout): one more try on a new one, as a pool's pre-ping would.
+        for retry in (False, True):
+            kept = self._driver is not None
             try:
                 await self._insert(await self._connection(), rows)
-            except Exception as again:
-                if not row_rejected(again):
-                    await self.close()
+                return
+            except Exception as e:
+                if row_rejected(e):
+                    raise
+                await self.close()
+                # The connection kept since the last batch may have died with its server meanwhile
+                # (a restart, an idle timeout): one more try on a new one, as a pool's pre-ping would.
+                if retry or not kept:
+                    raise
+            except BaseException:
+                await self.close()
                 raise
-        except BaseException:
-            await self.close()
-            raise
 
     async def _insert(self, driver: Any, rows: Sequence[Row]) -> None:
         if self.is_sqlite:

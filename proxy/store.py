@@ -744,10 +744,6 @@ class Store:
         async with self._writing():
             await self._audit.insert(rows)
 
-    async def write_audit(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert audit records in one statement."""
-        await self.insert_audit([self.audit_params(r) for r in rows])
-
     async def audit(
         self,
         *,

@@ -431,16 +431,18 @@ async def test_migration_3_brings_an_older_database_up_to_grants_and_edits(db_ur
             s.add(GrantRow(**asdict(grant)))
             await s.commit()
         assert (await store.live_grant("agent", "delete_thing", "", "v", utcnow(), 60.0)) is not None
-        await store.write_audit(
+        await store.insert_audit(
             [
-                {
-                    "call_id": "c",
-                    "identity": "agent",
-                    "tool": "t",
-                    "decision": "x",
-                    "grant_id": "gr_1",
-                    "edited_hash": "e",
-                }
+                store.audit_params(
+                    {
+                        "call_id": "c",
+                        "identity": "agent",
+                        "tool": "t",
+                        "decision": "x",
+                        "grant_id": "gr_1",
+                        "edited_hash": "e",
+                    }
+                )
             ]
         )
         [record] = await store.audit()
