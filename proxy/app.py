@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import ipaddress
 import logging
@@ -27,6 +28,7 @@ from proxy.context import ContextProber
 from proxy.control import ControlServer
 from proxy.edge.auth import BearerAuth, IdentityTable
 from proxy.edge.fastpath import LeanPath
+from proxy.edge.front import FrontProtocol
 from proxy.edge.gateway import Gateway
 from proxy.edge.replay import SessionEvents
 from proxy.edge.sdk_internals import streamable_http_app
@@ -485,7 +487,7 @@ class App:
             loopback=listen.host in ("127.0.0.1", "localhost", "::1"),
             linger=grace,
         )
-        front = BearerAuth(self.lean, self.identities)
+        front = self._auth = BearerAuth(self.lean, self.identities)
         # A client's `traceparent` header parents the request's spans (only when traces are exported).
         return tracing.TraceContext(front) if tracing.enabled() else front
 
@@ -518,8 +520,12 @@ class App:
     async def serve_http(self, sock: socket.socket) -> None:
         """Serve the HTTP front until a signal or `stopping` is set."""
         # No WebSocket protocol: MCP has none, and an upgrade request is then plain HTTP to us.
+        app = self.http_app()
+        # Each connection starts on signoff's own front, which serves the lean path's requests and
+        # hands the connection to uvicorn's protocol at the first other one (`proxy.edge.front`).
+        front = functools.partial(FrontProtocol, self.lean, self._auth, tracing.enabled())
         config = uvicorn.Config(
-            self.http_app(), log_level="warning", lifespan="off", ws="none", timeout_graceful_shutdown=3
+            app, http=front, log_level="warning", lifespan="off", ws="none", timeout_graceful_shutdown=3
         )
         self._http = _Uvicorn(config)
         # The SDK's session manager normally runs from Starlette's lifespan; we run it ourselves so

@@ -116,6 +116,16 @@ class InProcessGateway:
             self._started.set()
             await app.stop()
 
+    def http_connections(self) -> list[Any]:
+        """The HTTP front's open connections (their protocol objects, as uvicorn tracks them)."""
+        assert self._loop is not None and self._app is not None
+        app = self._app
+
+        async def read() -> list[Any]:
+            return list(app._http.server_state.connections)
+
+        return asyncio.run_coroutine_threadsafe(read(), self._loop).result(10)
+
     def kill(self) -> None:
         raise NotImplementedError("an in-process gateway cannot be killed; use own_process=True")
 

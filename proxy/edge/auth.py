@@ -87,16 +87,11 @@ class BearerAuth:
             scope["signoff.identity"] = ANONYMOUS
             await self.app(scope, receive, send)
             return
-        header = ""
-        for key, value in scope.get("headers", ()):
-            if key == b"authorization":
-                header = value.decode("latin-1")
-                break
-        scheme, _, token = header.partition(" ")
+        header = _authorization(scope)
         if not header:
             await _unauthorized(send, "missing bearer token: send 'Authorization: Bearer <token>'")
             return
-        identity = self.table.lookup(token.strip()) if scheme.lower() == "bearer" else None
+        identity = self._lookup(header)
         if identity is None:
             client = scope.get("client") or ("?", 0)
             log.warning("refused a request with an invalid bearer token from %s", client[0])
@@ -108,12 +103,29 @@ class BearerAuth:
         scope["user"] = self._user(identity)
         await self.app(scope, receive, send)
 
+    def identify(self, scope: dict[str, Any]) -> Identity | None:
+        """The identity a request's bearer token names (None: refused, and this middleware says why)."""
+        if not self.table.required:
+            return ANONYMOUS
+        return self._lookup(_authorization(scope))
+
+    def _lookup(self, header: str) -> Identity | None:
+        scheme, _, token = header.partition(" ")
+        return self.table.lookup(token.strip()) if scheme.lower() == "bearer" and token else None
+
     def _user(self, identity: Identity) -> AuthenticatedUser:
         user = self._users.get(identity.name)
         if user is None:
             user = AuthenticatedUser(AccessToken(token="-", client_id=identity.name, scopes=[]))
             self._users[identity.name] = user
         return user
+
+
+def _authorization(scope: dict[str, Any]) -> str:
+    for key, value in scope.get("headers", ()):
+        if key == b"authorization":
+            return value.decode("latin-1")
+    return ""
 
 
 async def _unauthorized(send: Any, message: str) -> None:

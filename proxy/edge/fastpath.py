@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,27 +84,47 @@ class LeanPath:
             return
         headers = _headers(scope)
         body, complete = await _read_body(receive, self.body_limit)
-        if complete and len(body) <= self.body_limit and self._plain_request(headers):
-            loaded = _load(body)
-            message = _request(loaded, body)
-            if message is None and await self._cancel(scope, headers, loaded, send):
-                return
-            down = self._session(scope, headers, message) if message is not None else None
-            how = self._how(down, message) if message is not None and down is not None else None
-            if how == "now":
-                await self._answer(send, headers, down, message)  # type: ignore[arg-type]
-                return
-            if how == "stream":
-                # It may wait for minutes: keep the little it needs, not this frame's body and headers.
-                reply_to = _ReplyTo(headers.get("mcp-session-id"), headers.get("mcp-protocol-version", ""))
-                request_id, params = message["id"], message["params"]  # type: ignore[index]
-                del body, headers, message
-                await self._stream(receive, send, reply_to, down, request_id, params)  # type: ignore[arg-type]
-                return
-            del message, down
-        # What this frame parsed must not stay alive while the SDK serves (a held call, for minutes).
+        plan = self.route(scope, headers, body) if complete and len(body) <= self.body_limit else None
+        # What this frame parsed must not stay alive while a call waits (a held call, for minutes).
         del headers
+        if plan is not None:
+            del body
+            await self.respond(plan, receive, send)
+            return
         await self.app(scope, _replay(body, complete, receive), send)
+
+    def route(self, scope: dict[str, Any], headers: dict[str, str], body: bytes) -> Plan | None:
+        """How this path answers a whole POST body, or None: the SDK's (nothing is sent either way)."""
+        if not self._plain_request(headers):
+            return None
+        loaded = _load(body)
+        message = _request(loaded, body)
+        if message is None:
+            stream = self._to_cancel(scope, headers, loaded)
+            return Plan("cancel", stream=stream) if stream is not None else None
+        down = self._session(scope, headers, message)
+        how = self._how(down, message) if down is not None else None
+        if how is None:
+            return None
+        return Plan(
+            how,
+            session_id=headers.get("mcp-session-id"),
+            version=headers.get("mcp-protocol-version", ""),
+            down=down,
+            method=message["method"],
+            request_id=message["id"],
+            params=message["params"],
+            watch_hangup=scope.get(WATCH_HANGUP),
+        )
+
+    async def respond(self, plan: Plan, receive: Any, send: Any) -> None:
+        """Answer a request `route` took; `receive` is only read to learn that the client left."""
+        if plan.kind == "cancel":
+            await self._cancelled(plan, send)
+        elif plan.kind == "now":
+            await self._answer(send, plan)
+        else:
+            await self._stream(receive, send, plan)
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -177,28 +198,25 @@ class LeanPath:
 
     # -- answering ------------------------------------------------------------------------------
 
-    async def _answer(
-        self, send: Any, headers: dict[str, str], down: Downstream, message: dict[str, Any]
-    ) -> None:
-        self.answered[message["method"]].inc()
-        request_id = message["id"]
-        params = message["params"]
+    async def _answer(self, send: Any, plan: Plan) -> None:
+        self.answered[plan.method].inc()
+        down, params = plan.down, plan.params
         try:
-            if message["method"] == "tools/call":
+            if plan.method == "tools/call":
                 result = await self.gateway.tools_call(down, params)
             else:
                 result = await self.gateway.tools_list(down, params)
             if down.modern:
                 result.setdefault("resultType", "complete")
-                if message["method"] == "tools/list":
+                if plan.method == "tools/list":
                     # The 2026-07-28 list results carry cache hints; ours, like the SDK path's, say
                     # "do not cache" (the list depends on the caller and the live policy).
                     result.setdefault("ttlMs", 0)
                     result.setdefault("cacheScope", "private")
-            reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
+            reply: dict[str, Any] = {"jsonrpc": "2.0", "id": plan.request_id, "result": result}
         except MCPError as e:
-            reply = {"jsonrpc": "2.0", "id": request_id, "error": _error(e)}
-        await self._send(send, headers.get("mcp-session-id"), reply)
+            reply = {"jsonrpc": "2.0", "id": plan.request_id, "error": _error(e)}
+        await self._send(send, plan.session_id, reply)
 
     async def _send(self, send: Any, session_id: str | None, reply: dict[str, Any]) -> None:
         payload = dumps(reply)
@@ -218,29 +236,22 @@ class LeanPath:
 
     # -- calls that may wait --------------------------------------------------------------------
 
-    async def _stream(
-        self,
-        receive: Any,
-        send: Any,
-        reply_to: _ReplyTo,
-        down: Downstream,
-        request_id: Any,
-        params: dict[str, Any],
-    ) -> None:
+    async def _stream(self, receive: Any, send: Any, plan: Plan) -> None:
         """A call that may wait: events on its own stream (SSE front) or one JSON reply at the end."""
         self.answered["tools/call"].inc()
+        down, request_id, params = plan.down, plan.request_id, plan.params
         stream = self.streams.open(down.id, request_id, down.identity.name)
-        response, hangup = _watch_hangup(stream, receive, send)
+        response, unwatch = _watch_hangup(stream, receive, send, plan.watch_hangup)
         progress: ProgressFn | None = None
         if not self.json_response:
             start = {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": _sse_headers(reply_to.session_id),
+                "headers": _sse_headers(plan.session_id),
             }
             await send(start)
             stream.carried_by(send)
-            if _primes(reply_to.version):
+            if _primes(plan.version):
                 await stream.event(None)
             token = (params.get("_meta") or {}).get("progressToken")
             progress = _progress(stream, token) if token is not None else None
@@ -263,11 +274,11 @@ class LeanPath:
         finally:
             # Nothing awaited since the call ended: a cancel from now on cannot land in it.
             stream.task = None
-            hangup.cancel()
+            unwatch()
             response.close()
         if self.json_response:
             self.streams.answered(stream)
-            await self._send(send, reply_to.session_id, reply)
+            await self._send(send, plan.session_id, reply)
             return
         await stream.event(reply)
         self.streams.answered(stream)
@@ -300,7 +311,8 @@ class LeanPath:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 seen = n
         if not stream.finished:
-            response, hangup = _watch_hangup(stream, receive, send)
+            response, hung_up = _response_for(stream, send)
+            hangup = asyncio.create_task(until_hangup(receive, hung_up))
             stream.carried_by(send)
             if _primes(headers.get("mcp-protocol-version", "")):
                 await stream.event(None)
@@ -316,24 +328,28 @@ class LeanPath:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
-    async def _cancel(self, scope: dict[str, Any], headers: dict[str, str], message: Any, send: Any) -> bool:
-        """`notifications/cancelled` for a call of ours: stop it (the SDK does this for its own)."""
+    def _to_cancel(self, scope: dict[str, Any], headers: dict[str, str], message: Any) -> CallStream | None:
+        """The stream of ours a `notifications/cancelled` is for (the SDK stops its own calls)."""
         if not isinstance(message, dict) or message.get("method") != "notifications/cancelled":
-            return False
+            return None
         params = message.get("params")
         request_id = params.get("requestId") if isinstance(params, dict) else None
         session_id = headers.get("mcp-session-id")
         if "id" in message or request_id is None or session_id is None:
-            return False
+            return None
         stream = self.streams.get(session_id, str(request_id))
         identity = scope.get("signoff.identity", ANONYMOUS)
         if stream is None or stream.owner != identity.name or stream.finished:
-            return False
+            return None
+        return stream
+
+    async def _cancelled(self, plan: Plan, send: Any) -> None:
+        stream = plan.stream
+        assert stream is not None
         stream.cancel(by_client=True)
-        accepted = [(b"mcp-session-id", session_id.encode())]
+        accepted = [(b"mcp-session-id", stream.session_id.encode())]
         await send({"type": "http.response.start", "status": 202, "headers": accepted})
         await send({"type": "http.response.body", "body": b""})
-        return True
 
     async def _session_closed(self, down: Downstream) -> None:
         self.streams.session_closed(down.id)
@@ -343,15 +359,29 @@ _CANCELLED = {"code": REQUEST_CANCELLED, "message": "Request cancelled"}
 _INTERNAL = {"code": INTERNAL_ERROR, "message": "Internal error"}
 
 
-def _watch_hangup(stream: CallStream, receive: Any, send: Any) -> tuple[ResponseStream, asyncio.Task[None]]:
-    """The response `send` writes, closed (and no longer carrying `stream`) when its client hangs up."""
+def _response_for(stream: CallStream, send: Any) -> tuple[ResponseStream, Callable[[], None]]:
+    """The response `send` writes, and what to do when its client hangs up (close it, detach `stream`)."""
     response = ResponseStream()
 
     def hung_up() -> None:
         stream.detach(send)
         response.close()
 
-    return response, asyncio.create_task(until_hangup(receive, hung_up))
+    return response, hung_up
+
+
+def _watch_hangup(
+    stream: CallStream, receive: Any, send: Any, watch: WatchHangup | None
+) -> tuple[ResponseStream, Callable[[], None]]:
+    """`_response_for`, watched: returns the response and a function that stops watching.
+
+    A front that knows when its connection is lost (`proxy.edge.front`) says so itself; otherwise
+    a task reads `receive` until it says so.
+    """
+    response, hung_up = _response_for(stream, send)
+    if watch is not None:
+        return response, watch(hung_up)
+    return response, asyncio.create_task(until_hangup(receive, hung_up)).cancel
 
 
 def _cancelled_here(stream: CallStream) -> bool:
@@ -389,12 +419,28 @@ def _primes(version: str) -> bool:
     return version >= "2025-11-25"
 
 
-@dataclass(slots=True)
-class _ReplyTo:
-    """What a waiting call's answer needs of its request's headers."""
+WATCH_HANGUP = "signoff.watch_hangup"
+"""Scope key of a front's `WatchHangup`: `watch(on_hangup)` returns a function that stops watching."""
 
-    session_id: str | None
-    version: str
+WatchHangup = Callable[[Callable[[], None]], Callable[[], None]]
+
+
+@dataclass(slots=True)
+class Plan:
+    """A request the lean path answers: how, and the little of it the answer needs.
+
+    A held call keeps this for minutes, not the request's body and headers.
+    """
+
+    kind: str  # "now" (in one piece), "stream" (a call that may wait) or "cancel"
+    session_id: str | None = None
+    version: str = ""
+    down: Downstream = None  # type: ignore[assignment]  # set for "now" and "stream"
+    method: str = ""
+    request_id: Any = None
+    params: dict[str, Any] = None  # type: ignore[assignment]
+    watch_hangup: WatchHangup | None = None
+    stream: CallStream | None = None  # "cancel": the stream to stop
 
 
 def _sse_headers(session_id: str | None) -> list[tuple[bytes, bytes]]:
