@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from proxy.edge.front import FrontProtocol
-from tests.conftest import Admin, executions
+from tests.conftest import RAW_HEADERS, RAW_INIT, RAW_PROTOCOL, Admin, executions
 from tests.test_clients import (
     GONE,
     TOKEN,
@@ -170,20 +170,31 @@ async def test_heads_no_parser_should_take_are_refused_and_run_nothing(
     assert executions(exec_log, "echo") == []
 
 
-async def test_a_client_that_hangs_up_on_a_held_call_on_the_front_takes_the_call_with_it(
+async def test_a_call_held_on_the_connection_that_opened_its_session_waits_on_the_front_and_a_hang_up_ends_it(
     tmp_path: Path, exec_log: Path
 ) -> None:
+    """`initialize` is lent to uvicorn; the connection comes back, and the held call waits on the front."""
     with gateway(exec_log, tmp_path, grace="1s") as gw:
         admin = Admin(gw.control_url)
-        headers = await open_session(gw.mcp_url)
         parts = urlsplit(gw.mcp_url)
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        headers = {**RAW_HEADERS, "Authorization": f"Bearer {TOKEN}"}
+        writer.write(post(gw.mcp_url, headers, RAW_INIT))
+        init = await asyncio.wait_for(read_reply(reader), 30)
+        assert init.status == 200 and init.message()["result"]["protocolVersion"] == RAW_PROTOCOL
+        headers |= {"Mcp-Session-Id": init.headers["mcp-session-id"], "Mcp-Protocol-Version": RAW_PROTOCOL}
+        writer.write(post(gw.mcp_url, headers, {"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        assert (await asyncio.wait_for(read_reply(reader), 30)).status == 202
+        # A session's first call may go through the SDK, which makes the session known to the lean path.
+        writer.write(post(gw.mcp_url, headers, echo(2, "first")))
+        assert (await asyncio.wait_for(read_reply(reader), 30)).message()["id"] == 2
         writer.write(post(gw.mcp_url, headers, delete_call(5, "left")))
         assert (await asyncio.wait_for(reader.readline(), 30)).startswith(b"HTTP/1.1 200")
         [pending] = await admin.pending()
         # The held call waits on the front's own connection, not on a uvicorn request cycle.
         connections = gw.http_connections()
-        assert any(isinstance(c, FrontProtocol) and c.response is not None for c in connections), connections
+        assert [type(c) for c in connections] == [FrontProtocol], connections
+        assert connections[0].response is not None
         writer.close()
         await assert_gone_and_late_approval_runs_nothing(admin, gw.control_url, pending["id"])
         assert (await admin.get(pending["id"]))["reason"] == GONE

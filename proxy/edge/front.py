@@ -2,13 +2,14 @@
 
 uvicorn gives every request a cycle with an `asyncio.Event`, a per-connection deque and flow
 control with another Event, a scope, an ASGI task and a frame for each middleware: ≈ 7 kB that a
-held call keeps for as long as it waits (10,000 held calls: ≈ 70 MB). Here a connection reads each
-request itself — the head parsed by httptools, as uvicorn does, the body counted by its
-`Content-Length` — and asks the lean path whether the request is its own. The first request that
-is not, and anything out of the ordinary (another path or method, a chunked body, `Expect`, an
-upgrade, HTTP/1.0, a bad or missing token), hands the connection over to uvicorn's own protocol
-with every byte read of that request, the way uvicorn hands a connection to its WebSocket protocol;
-uvicorn serves it from then on, through the same ASGI stack as before.
+held call keeps for as long as it waits (10,000 held calls: ≈ 70 MB), and CPU on every call. Here a
+connection reads each request itself — the head parsed by httptools, as uvicorn does, the body
+counted by its `Content-Length` — and asks the lean path whether the request is its own. A request
+that is not, and anything out of the ordinary (another path or method, a chunked body, `Expect`, an
+upgrade, HTTP/1.0, a bad or missing token), is lent with the connection to uvicorn's own protocol,
+with every byte read so far, the way uvicorn hands a connection to its WebSocket protocol; uvicorn
+answers it through the same ASGI stack as before and, once it has answered everything it read,
+gives the connection back.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ class FrontProtocol(asyncio.Protocol):
         task.add_done_callback(self.server_state.tasks.discard)
 
     def _hand_over(self) -> None:
-        """From this request on, uvicorn's protocol serves the connection (with the bytes read so far)."""
+        """Lend the connection to uvicorn's protocol from this request on (with the bytes read so far)."""
         transport = self.transport
         if transport is None:
             return
@@ -186,15 +187,21 @@ class FrontProtocol(asyncio.Protocol):
         self.head = None
         self.transport = None
         transport.resume_reading()
-        protocol = HttpToolsProtocol(
-            config=self.config, server_state=self.server_state, app_state=self.app_state
-        )
+        protocol = _Lent(self, config=self.config, server_state=self.server_state, app_state=self.app_state)
         protocol.connection_made(transport)  # type: ignore[arg-type]
         transport.set_protocol(protocol)
         if self.closing:
             protocol.shutdown()
         if data:
             protocol.data_received(data)
+
+    def _take_back(self, transport: asyncio.Transport) -> None:
+        """uvicorn answered what it was lent and nothing more was sent: the next request is ours again."""
+        self.transport = transport
+        transport.set_protocol(self)
+        self.server_state.connections.add(self)
+        self.keep_alive = True
+        self.idle = asyncio.get_running_loop().call_later(self.config.timeout_keep_alive, self._close_idle)
 
     # -- answering ----------------------------------------------------------------------------
 
@@ -249,6 +256,37 @@ class FrontProtocol(asyncio.Protocol):
         if self.idle is not None:
             self.idle.cancel()
             self.idle = None
+
+
+class _Lent(HttpToolsProtocol):
+    """uvicorn's protocol on a connection the front lent it, given back once it has answered all it read.
+
+    A client that opened its session on a connection (`initialize` is the SDK's) goes on to make its
+    calls on it: without the way back, every call of a keep-alive client would take uvicorn's path.
+    """
+
+    def __init__(self, front: FrontProtocol, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.front = front
+        self.reading = False  # a request has begun that is not read whole yet
+
+    def on_message_begin(self) -> None:
+        self.reading = True
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        self.reading = False
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        transport = self.transport
+        # Not with a request begun or queued behind this one: its bytes are in this parser now.
+        if self.reading or self.pipeline or transport.is_closing() or not self.cycle.response_complete:
+            return
+        self._unset_keepalive_if_required()
+        self.connections.discard(self)
+        self.front._take_back(transport)
 
 
 class _Head:
