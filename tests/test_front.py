@@ -210,4 +210,11 @@ async def test_a_bad_token_on_a_new_connection_is_refused_by_name(tmp_path: Path
                 message = message.replace(b"Authorization: \r\n", b"")
             [reply], _ = await exchange(gw.mcp_url, message, 1)
             assert reply.status == 401 and said in reply.message()["error"]["message"], reply.body
+        # Refused on its head: the body a client without a token announces is not waited for.
+        head = post(gw.mcp_url, {**headers, "Authorization": "Bearer wrong"}, echo(1, "no")).split(
+            b"\r\n\r\n"
+        )[0]
+        announced = head.replace(b"Content-Length: ", b"Content-Length: 9") + b"\r\n\r\n"
+        [reply], _ = await exchange(gw.mcp_url, announced, 1)
+        assert reply.status == 401 and "invalid bearer token" in reply.message()["error"]["message"]
     assert executions(exec_log, "echo") == []

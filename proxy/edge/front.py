@@ -25,6 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxy.edge.auth import BearerAuth
 from proxy.edge.fastpath import WATCH_HANGUP, LeanPath, Plan
+from proxy.identity import Identity
 
 log = logging.getLogger("signoff.gateway")
 
@@ -143,6 +144,11 @@ class FrontProtocol(asyncio.Protocol):
             if self.head is None:
                 self._hand_over()
                 return
+            # Before the body is waited for: a request without a valid token gets no further here.
+            self.head.identity = self.auth.identify({"type": "http", "headers": self.head.headers})
+            if self.head.identity is None:
+                self._hand_over()  # uvicorn's stack answers 401 and logs why
+                return
         head = self.head
         total = head.size + head.length
         if len(self.buffer) < total:
@@ -154,13 +160,9 @@ class FrontProtocol(asyncio.Protocol):
             "path": self.lean.path,
             "headers": head.headers,
             "client": self.client,
+            "signoff.identity": head.identity,
             WATCH_HANGUP: self._watch_hangup,
         }
-        identity = self.auth.identify(scope)
-        if identity is None:
-            self._hand_over()  # uvicorn's stack answers 401 and logs why
-            return
-        scope["signoff.identity"] = identity
         plan = self.lean.route(
             scope, {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}, body
         )
@@ -292,13 +294,14 @@ class _Lent(HttpToolsProtocol):
 class _Head:
     """What a request's head says that answering it needs."""
 
-    __slots__ = ("headers", "keep_alive", "length", "size")
+    __slots__ = ("headers", "identity", "keep_alive", "length", "size")
 
     def __init__(self, size: int, headers: list[tuple[bytes, bytes]], length: int, keep_alive: bool) -> None:
         self.size = size
         self.headers = headers
         self.length = length
         self.keep_alive = keep_alive
+        self.identity: Identity | None = None  # whom its bearer token names
 
 
 class _HeadParser:
