@@ -519,10 +519,10 @@ class App:
 
     async def serve_http(self, sock: socket.socket) -> None:
         """Serve the HTTP front until a signal or `stopping` is set."""
-        # No WebSocket protocol: MCP has none, and an upgrade request is then plain HTTP to us.
         app = self.http_app()
         # Each connection starts on signoff's own front, which serves the lean path's requests and
-        # hands the connection to uvicorn's protocol at the first other one (`proxy.edge.front`).
+        # lends the connection to uvicorn's protocol for any other (`proxy.edge.front`). No WebSocket
+        # protocol: MCP has none, and an upgrade request is then plain HTTP to us.
         front = functools.partial(FrontProtocol, self.lean, self._auth, tracing.enabled())
         config = uvicorn.Config(
             app, http=front, log_level="warning", lifespan="off", ws="none", timeout_graceful_shutdown=3

@@ -82,19 +82,17 @@ class LeanPath:
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        headers = _headers(scope)
         body, complete = await _read_body(receive, self.body_limit)
-        plan = self.route(scope, headers, body) if complete and len(body) <= self.body_limit else None
-        # What this frame parsed must not stay alive while a call waits (a held call, for minutes).
-        del headers
+        plan = self.route(scope, body) if complete and len(body) <= self.body_limit else None
         if plan is not None:
-            del body
+            del body  # a held call waits for minutes: not with its request's body
             await self.respond(plan, receive, send)
             return
         await self.app(scope, _replay(body, complete, receive), send)
 
-    def route(self, scope: dict[str, Any], headers: dict[str, str], body: bytes) -> Plan | None:
-        """How this path answers a whole POST body, or None: the SDK's (nothing is sent either way)."""
+    def route(self, scope: dict[str, Any], body: bytes) -> Plan | None:
+        """How this path answers a POST with this whole body, or None: the SDK's (nothing is sent)."""
+        headers = _headers(scope)
         if not self._plain_request(headers):
             return None
         loaded = _load(body)
@@ -118,7 +116,10 @@ class LeanPath:
         )
 
     async def respond(self, plan: Plan, receive: Any, send: Any) -> None:
-        """Answer a request `route` took; `receive` is only read to learn that the client left."""
+        """Answer a request `route` took; `receive` is only read to learn that the client left.
+
+        (A front that reports a hang-up itself, `WATCH_HANGUP` in the scope, passes no `receive`.)
+        """
         if plan.kind == "cancel":
             await self._cancelled(plan, send)
         elif plan.kind == "now":

@@ -25,7 +25,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxy.edge.auth import BearerAuth
 from proxy.edge.fastpath import WATCH_HANGUP, LeanPath, Plan
-from proxy.identity import Identity
 
 log = logging.getLogger("signoff.gateway")
 
@@ -144,28 +143,20 @@ class FrontProtocol(asyncio.Protocol):
             if self.head is None:
                 self._hand_over()
                 return
+            scope = self.head.scope
+            scope["client"] = self.client
+            scope[WATCH_HANGUP] = self._watch_hangup
             # Before the body is waited for: a request without a valid token gets no further here.
-            self.head.identity = self.auth.identify({"type": "http", "headers": self.head.headers})
-            if self.head.identity is None:
+            identity = self.auth.identify(scope)
+            if identity is None:
                 self._hand_over()  # uvicorn's stack answers 401 and logs why
                 return
+            scope["signoff.identity"] = identity
         head = self.head
         total = head.size + head.length
         if len(self.buffer) < total:
             return  # the rest of the body is on its way
-        body = bytes(self.buffer[head.size : total])
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": self.lean.path,
-            "headers": head.headers,
-            "client": self.client,
-            "signoff.identity": head.identity,
-            WATCH_HANGUP: self._watch_hangup,
-        }
-        plan = self.lean.route(
-            scope, {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}, body
-        )
+        plan = self.lean.route(head.scope, bytes(self.buffer[head.size : total]))
         if plan is None:
             self._hand_over()
             return
@@ -202,14 +193,13 @@ class FrontProtocol(asyncio.Protocol):
         self.transport = transport
         transport.set_protocol(self)
         self.server_state.connections.add(self)
-        self.keep_alive = True
         self.idle = asyncio.get_running_loop().call_later(self.config.timeout_keep_alive, self._close_idle)
 
     # -- answering ----------------------------------------------------------------------------
 
     async def _answer(self, plan: Plan, response: _Response) -> None:
         try:
-            await self.lean.respond(plan, _until_lost, response.send)
+            await self.lean.respond(plan, None, response.send)  # a hang-up: `_watch_hangup`
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -292,16 +282,15 @@ class _Lent(HttpToolsProtocol):
 
 
 class _Head:
-    """What a request's head says that answering it needs."""
+    """What a request's head says: its size, its body's length, and its ASGI scope for the lean path."""
 
-    __slots__ = ("headers", "identity", "keep_alive", "length", "size")
+    __slots__ = ("keep_alive", "length", "scope", "size")
 
-    def __init__(self, size: int, headers: list[tuple[bytes, bytes]], length: int, keep_alive: bool) -> None:
+    def __init__(self, size: int, scope: dict[str, Any], length: int, keep_alive: bool) -> None:
         self.size = size
-        self.headers = headers
+        self.scope = scope
         self.length = length
         self.keep_alive = keep_alive
-        self.identity: Identity | None = None  # whom its bearer token names
 
 
 class _HeadParser:
@@ -351,7 +340,8 @@ def _read_head(raw: bytes, lean: LeanPath, tracing: bool) -> _Head | None:
             return None
     if length is None or length > lean.body_limit:
         return None
-    return _Head(len(raw), callbacks.headers, length, parser.should_keep_alive())
+    scope = {"type": "http", "method": "POST", "path": lean.path, "headers": callbacks.headers}
+    return _Head(len(raw), scope, length, parser.should_keep_alive())
 
 
 class _Response:
@@ -412,12 +402,6 @@ class _Response:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         self.head = b"".join(lines)
-
-
-async def _until_lost() -> dict[str, Any]:
-    # The lean path reads `receive` only to learn of a hang-up, which this front reports itself
-    # (`WATCH_HANGUP`); a request's body is read before it gets here.
-    raise RuntimeError("the lean front has no `receive`: it reports a hang-up through WATCH_HANGUP")
 
 
 _SERVER_ERROR_HEAD = {
